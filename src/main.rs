@@ -1,1 +1,133 @@
-fn main() {}
+//! The `sheepdog` command: `run` the daemon on a pipeline file, or `check` one.
+
+use clap::{Parser, Subcommand};
+use sheepdog::config::{self, Source};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Ingest pipeline daemon: Beats and HTTP JSON in, enrichment, Elasticsearch bulk out.
+#[derive(Parser)]
+#[command(name = "sheepdog", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon on a pipeline file until SIGINT or SIGTERM, then drain and flush.
+    Run {
+        /// Pipeline TOML file.
+        #[arg(long, short, default_value = "pipelines/holysheep.toml")]
+        config: PathBuf,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Validate a pipeline file: print every problem as file:line:column with a hint; exit 1
+    /// when there is an error, 0 when the file is fine (warnings allowed).
+    Check {
+        /// Pipeline TOML file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHEEPDOG_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: &PathBuf) -> Result<(config::PipelineConfig, Vec<config::LocatedProblem>), String> {
+    let source = Source::read(path).map_err(|e| format!("{e:#}"))?;
+    match config::parse(&source, &config::process_env) {
+        Ok((cfg, warnings)) => {
+            // Stage-level validation (templates, files, addresses) is located here too.
+            let ctx = sheepdog::BuildContext::new(
+                cfg.pipeline.data_dir.clone(),
+                CancellationToken::new(),
+            );
+            let problems = sheepdog::pipeline::validate(&cfg, &ctx);
+            let mut located: Vec<config::LocatedProblem> = warnings;
+            located.extend(problems.into_iter().map(|p| source.locate(p)));
+            if located.iter().any(|p| p.problem.is_error()) {
+                Err(config::ConfigErrors(located).to_string())
+            } else {
+                Ok((cfg, located))
+            }
+        }
+        Err(errors) => Err(errors.to_string()),
+    }
+}
+
+async fn wait_for_signal(token: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received");
+    token.cancel();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { config } => match load(&config) {
+            Ok((_, warnings)) => {
+                for w in &warnings {
+                    println!("{w}");
+                }
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(text) => {
+                eprintln!("{text}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, log_json } => {
+            init_logging(log_json);
+            let (cfg, warnings) = match load(&config) {
+                Ok(v) => v,
+                Err(text) => {
+                    eprintln!("{text}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            let result = runtime.block_on(async move {
+                let token = CancellationToken::new();
+                tokio::spawn(wait_for_signal(token.clone()));
+                sheepdog::run(cfg, token).await
+            });
+            match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("sheepdog: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

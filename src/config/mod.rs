@@ -1,0 +1,593 @@
+//! The pipeline TOML: loading, `${VAR}` substitution, structure (unknown keys are errors) and
+//! locating every problem at file:line:column in one pass. Component configs live beside their
+//! components (`inputs/`, `filters/`, `outputs/`); this module only dispatches on `type`.
+
+pub mod de;
+pub mod env;
+pub mod problem;
+
+pub use problem::{did_you_mean, PathSeg, Problem, Severity};
+
+use crate::{filters::FilterConfig, inputs::InputConfig, outputs::OutputConfig};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Daemon-wide settings (`[pipeline]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSettings {
+    /// Filter worker tasks; 0 means one per core.
+    #[serde(deserialize_with = "de::from_str_or_value")]
+    pub workers: usize,
+    /// Capacity of the queue between inputs and filter workers, in events.
+    #[serde(deserialize_with = "de::from_str_or_value")]
+    pub queue_capacity: usize,
+    /// Largest batch an input hands to the queue at once, in events.
+    #[serde(deserialize_with = "de::from_str_or_value")]
+    pub batch_size: usize,
+    /// How long shutdown may take to drain the queue and flush outputs.
+    #[serde(deserialize_with = "de::duration")]
+    pub shutdown_timeout: Duration,
+    /// Directory for the dead-letter file and other state.
+    pub data_dir: PathBuf,
+}
+
+impl Default for PipelineSettings {
+    fn default() -> Self {
+        PipelineSettings {
+            workers: 0,
+            queue_capacity: 65_536,
+            batch_size: 1024,
+            shutdown_timeout: Duration::from_secs(30),
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// The monitoring API (`[api]`): `/health` and `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Listen address; empty disables the API.
+    pub address: String,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            address: "127.0.0.1:9600".into(),
+        }
+    }
+}
+
+/// A component with its place in the file and the options shared by every stage.
+#[derive(Debug, Clone)]
+pub struct Stage<T> {
+    /// `id` from the file, or `<type>` / `<type>_<n>` when absent; used in metrics and logs.
+    pub id: String,
+    /// The `when` condition source, if any.
+    pub when: Option<String>,
+    pub config: T,
+    /// Where the stage sits in the document, for problems found later.
+    pub path: Vec<PathSeg>,
+}
+
+/// The parsed pipeline file.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineConfig {
+    pub pipeline: PipelineSettings,
+    pub api: ApiSettings,
+    pub inputs: Vec<Stage<InputConfig>>,
+    pub filters: Vec<Stage<FilterConfig>>,
+    pub outputs: Vec<Stage<OutputConfig>>,
+    /// `[alerts]`, handed to the alerting component as TOML.
+    pub alerts: Option<toml::Value>,
+}
+
+/// A problem located in a file.
+#[derive(Debug, Clone)]
+pub struct LocatedProblem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub problem: Problem,
+}
+
+impl std::fmt::Display for LocatedProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.problem
+        )
+    }
+}
+
+/// Every problem found in a file.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<LocatedProblem>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The source text of a configuration file, for locating problems.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+    doc: Option<toml_edit::Document<String>>,
+}
+
+impl Source {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> Self {
+        let text = text.into();
+        let doc = toml_edit::Document::parse(text.clone()).ok();
+        Source {
+            name: name.into(),
+            text,
+            doc,
+        }
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read pipeline file {}", path.display()))?;
+        Ok(Source::new(path.display().to_string(), text))
+    }
+
+    /// Places `problem` at the line and column of the deepest part of its path that exists.
+    pub fn locate(&self, problem: Problem) -> LocatedProblem {
+        let offset = self.offset_of(&problem.path).unwrap_or(0);
+        let (line, column) = line_col(&self.text, offset);
+        LocatedProblem {
+            file: self.name.clone(),
+            line,
+            column,
+            problem,
+        }
+    }
+
+    fn offset_of(&self, path: &[PathSeg]) -> Option<usize> {
+        let doc = self.doc.as_ref()?;
+        let mut best = None;
+        let mut item: Option<Located> = Some(Located::Table(doc.as_table()));
+        for seg in path {
+            let Some(current) = item else { break };
+            let (next, span) = current.step(seg);
+            if span.is_some() {
+                best = span;
+            }
+            item = next;
+        }
+        best
+    }
+}
+
+enum Located<'a> {
+    Table(&'a toml_edit::Table),
+    Inline(&'a toml_edit::InlineTable),
+    Aot(&'a toml_edit::ArrayOfTables),
+    Array(&'a toml_edit::Array),
+    Leaf,
+}
+
+impl<'a> Located<'a> {
+    fn from_item(item: &'a toml_edit::Item) -> Located<'a> {
+        match item {
+            toml_edit::Item::Table(t) => Located::Table(t),
+            toml_edit::Item::ArrayOfTables(a) => Located::Aot(a),
+            toml_edit::Item::Value(v) => Located::from_value(v),
+            toml_edit::Item::None => Located::Leaf,
+        }
+    }
+
+    fn from_value(v: &'a toml_edit::Value) -> Located<'a> {
+        match v {
+            toml_edit::Value::InlineTable(t) => Located::Inline(t),
+            toml_edit::Value::Array(a) => Located::Array(a),
+            _ => Located::Leaf,
+        }
+    }
+
+    fn step(&self, seg: &PathSeg) -> (Option<Located<'a>>, Option<usize>) {
+        match (self, seg) {
+            (Located::Table(t), PathSeg::Key(k)) => match t.get_key_value(k) {
+                Some((key, item)) => {
+                    let span = key.span().or_else(|| item.span()).map(|r| r.start);
+                    (Some(Located::from_item(item)), span)
+                }
+                None => (None, t.span().map(|r| r.start)),
+            },
+            (Located::Inline(t), PathSeg::Key(k)) => match t.get_key_value(k) {
+                Some((key, item)) => (
+                    Some(Located::from_item(item)),
+                    key.span().or_else(|| item.span()).map(|r| r.start),
+                ),
+                None => (None, t.span().map(|r| r.start)),
+            },
+            (Located::Aot(a), PathSeg::Index(i)) => match a.get(*i) {
+                Some(t) => (Some(Located::Table(t)), t.span().map(|r| r.start)),
+                None => (None, None),
+            },
+            (Located::Array(a), PathSeg::Index(i)) => match a.get(*i) {
+                Some(v) => (Some(Located::from_value(v)), v.span().map(|r| r.start)),
+                None => (None, a.span().map(|r| r.start)),
+            },
+            _ => (None, None),
+        }
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map(|i| before[i + 1..].chars().count())
+        .unwrap_or(before.chars().count())
+        + 1;
+    (line, column)
+}
+
+const TOP_KEYS: &[&str] = &["pipeline", "api", "inputs", "filters", "outputs", "alerts"];
+
+/// Parses and structurally validates a pipeline file; `lookup` resolves `${VAR}`.
+/// Returns every problem found (errors and warnings) alongside the config when there is no error.
+pub fn parse(
+    source: &Source,
+    lookup: env::Lookup,
+) -> Result<(PipelineConfig, Vec<LocatedProblem>), ConfigErrors> {
+    let mut problems: Vec<Problem> = Vec::new();
+    let table: toml::Table = match toml::from_str(&source.text) {
+        Ok(t) => t,
+        Err(e) => {
+            let offset = e.span().map(|s| s.start).unwrap_or(0);
+            let (line, column) = line_col(&source.text, offset);
+            return Err(ConfigErrors(vec![LocatedProblem {
+                file: source.name.clone(),
+                line,
+                column,
+                problem: Problem::at("", format!("not valid TOML: {}", e.message()))
+                    .hint("check quotes and brackets near this position"),
+            }]));
+        }
+    };
+    let mut root = toml::Value::Table(table);
+    substitute_env(&mut root, &mut Vec::new(), lookup, &mut problems);
+    let toml::Value::Table(mut table) = root else {
+        unreachable!()
+    };
+
+    for key in table.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            let mut p = Problem::at_path(
+                vec![PathSeg::Key(key.clone())],
+                format!("unknown section `{key}`"),
+            );
+            if let Some(s) = did_you_mean(key, TOP_KEYS) {
+                p = p.hint(format!("did you mean `{s}`?"));
+            } else {
+                p = p.hint(format!("sections are {}", TOP_KEYS.join(", ")));
+            }
+            problems.push(p);
+        }
+    }
+
+    let mut config = PipelineConfig::default();
+    if let Some(v) = table.remove("pipeline") {
+        if let Some(s) = deserialize_at(v, &[PathSeg::Key("pipeline".into())], &mut problems) {
+            config.pipeline = s;
+        }
+    }
+    if let Some(v) = table.remove("api") {
+        if let Some(s) = deserialize_at(v, &[PathSeg::Key("api".into())], &mut problems) {
+            config.api = s;
+        }
+    }
+    config.inputs = parse_stages(
+        table.remove("inputs"),
+        "inputs",
+        crate::inputs::TYPES,
+        InputConfig::parse,
+        &mut problems,
+    );
+    config.filters = parse_stages(
+        table.remove("filters"),
+        "filters",
+        crate::filters::TYPES,
+        FilterConfig::parse,
+        &mut problems,
+    );
+    config.outputs = parse_stages(
+        table.remove("outputs"),
+        "outputs",
+        crate::outputs::TYPES,
+        OutputConfig::parse,
+        &mut problems,
+    );
+    config.alerts = table.remove("alerts");
+
+    if config.inputs.is_empty()
+        && !problems
+            .iter()
+            .any(|p| p.path.first() == Some(&PathSeg::Key("inputs".into())))
+    {
+        problems.push(
+            Problem::at("inputs", "the pipeline has no inputs")
+                .hint("add an [[inputs]] table with type = \"http\""),
+        );
+    }
+    if config.outputs.is_empty()
+        && !problems
+            .iter()
+            .any(|p| p.path.first() == Some(&PathSeg::Key("outputs".into())))
+    {
+        problems.push(
+            Problem::at("outputs", "the pipeline has no outputs")
+                .hint("add an [[outputs]] table with type = \"elasticsearch\""),
+        );
+    }
+
+    let mut located: Vec<LocatedProblem> = problems.into_iter().map(|p| source.locate(p)).collect();
+    located.sort_by_key(|p| (p.line, p.column));
+    if located.iter().any(|p| p.problem.is_error()) {
+        Err(ConfigErrors(located))
+    } else {
+        Ok((config, located))
+    }
+}
+
+/// Deserializes `value` into `T`, recording a located problem (with the exact key path) on failure.
+pub fn deserialize_at<T: DeserializeOwned>(
+    value: toml::Value,
+    prefix: &[PathSeg],
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(err) => {
+            let mut path = prefix.to_vec();
+            for seg in err.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Seq { index } => {
+                        path.push(PathSeg::Index(*index))
+                    }
+                    serde_path_to_error::Segment::Map { key } => {
+                        path.push(PathSeg::Key(key.clone()))
+                    }
+                    serde_path_to_error::Segment::Enum { variant } => {
+                        path.push(PathSeg::Key(variant.clone()))
+                    }
+                    serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            let message = err.inner().to_string();
+            let mut problem = Problem::at_path(path.clone(), message.clone());
+            if let Some(field) = unknown_field_name(&message) {
+                if path.last() != Some(&PathSeg::Key(field.to_string())) {
+                    path.push(PathSeg::Key(field.to_string()));
+                }
+                problem.path = path;
+                problem.message = format!("unknown key `{field}`");
+                let expected = expected_fields(&message);
+                let expected_refs: Vec<&str> = expected.iter().map(String::as_str).collect();
+                problem.hint = Some(match did_you_mean(field, &expected_refs) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if !expected.is_empty() => {
+                        format!("valid keys here: {}", expected.join(", "))
+                    }
+                    None => "remove it".to_string(),
+                });
+            } else if message.starts_with("missing field") {
+                problem.hint = Some("add this key".into());
+            }
+            problems.push(problem);
+            None
+        }
+    }
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(&rest[..rest.find('`')?])
+}
+
+fn expected_fields(message: &str) -> Vec<String> {
+    let Some(idx) = message.find("expected ") else {
+        return Vec::new();
+    };
+    message[idx..]
+        .split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
+
+type StageParser<T> = fn(&str, toml::Value, &[PathSeg], &mut Vec<Problem>) -> Option<T>;
+
+fn parse_stages<T>(
+    value: Option<toml::Value>,
+    section: &str,
+    types: &[&str],
+    parse: StageParser<T>,
+    problems: &mut Vec<Problem>,
+) -> Vec<Stage<T>> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let toml::Value::Array(items) = value else {
+        problems.push(
+            Problem::at(section, format!("`{section}` must be a list of tables"))
+                .hint(format!("write each one as [[{section}]]")),
+        );
+        return Vec::new();
+    };
+    let mut stages = Vec::new();
+    let mut seen_ids: Vec<String> = Vec::new();
+    for (index, item) in items.into_iter().enumerate() {
+        let path = vec![PathSeg::Key(section.into()), PathSeg::Index(index)];
+        let toml::Value::Table(mut table) = item else {
+            problems.push(
+                Problem::at_path(path, "each entry must be a table")
+                    .hint(format!("write it as [[{section}]]")),
+            );
+            continue;
+        };
+        let at = |key: &str| {
+            let mut p = path.clone();
+            p.push(PathSeg::Key(key.into()));
+            p
+        };
+        let kind = match table.remove("type") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => {
+                problems.push(Problem::at_path(at("type"), "`type` must be a string"));
+                continue;
+            }
+            None => {
+                problems.push(
+                    Problem::at_path(path.clone(), "missing `type`")
+                        .hint(format!("one of: {}", types.join(", "))),
+                );
+                continue;
+            }
+        };
+        if !types.contains(&kind.as_str()) {
+            let mut p = Problem::at_path(
+                at("type"),
+                format!("unknown {} type `{kind}`", section.trim_end_matches('s')),
+            );
+            p = match did_you_mean(&kind, types) {
+                Some(s) => p.hint(format!("did you mean `{s}`?")),
+                None => p.hint(format!("one of: {}", types.join(", "))),
+            };
+            problems.push(p);
+            continue;
+        }
+        let id = match table.remove("id") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => {
+                problems.push(Problem::at_path(at("id"), "`id` must be a string"));
+                kind.clone()
+            }
+            None => {
+                let n = seen_ids
+                    .iter()
+                    .filter(|i| i.as_str() == kind || i.starts_with(&format!("{kind}_")))
+                    .count();
+                if n == 0 {
+                    kind.clone()
+                } else {
+                    format!("{kind}_{}", n + 1)
+                }
+            }
+        };
+        if seen_ids.contains(&id) {
+            problems.push(
+                Problem::at_path(at("id"), format!("duplicate id `{id}`"))
+                    .hint("give each stage a distinct id"),
+            );
+        }
+        seen_ids.push(id.clone());
+        let when = match table.remove("when") {
+            Some(toml::Value::String(s)) => {
+                if let Err(e) = crate::condition::Condition::compile(&s) {
+                    problems.push(
+                        Problem::at_path(at("when"), format!("bad condition `{s}`: {e}")).hint(
+                            "conditions look like: [status] == \"success\" or \"error\" in [tags]",
+                        ),
+                    );
+                }
+                Some(s)
+            }
+            Some(_) => {
+                problems.push(Problem::at_path(
+                    at("when"),
+                    "`when` must be a string holding a condition",
+                ));
+                None
+            }
+            None => None,
+        };
+        if let Some(config) = parse(&kind, toml::Value::Table(table), &path, problems) {
+            stages.push(Stage {
+                id,
+                when,
+                config,
+                path,
+            });
+        }
+    }
+    stages
+}
+
+fn substitute_env(
+    value: &mut toml::Value,
+    path: &mut Vec<PathSeg>,
+    lookup: env::Lookup,
+    problems: &mut Vec<Problem>,
+) {
+    match value {
+        toml::Value::String(s) => match env::substitute(s, lookup) {
+            Ok(out) => *s = out,
+            Err(errors) => {
+                for e in errors {
+                    let p = match e {
+                        env::EnvError::Unset(name) => Problem::at_path(
+                            path.clone(),
+                            format!("environment variable `{name}` is not set"),
+                        )
+                        .hint(format!(
+                            "export {name}=... or give a default: ${{{name}:-value}}"
+                        )),
+                        env::EnvError::Malformed(text) => Problem::at_path(
+                            path.clone(),
+                            format!("malformed variable reference `{text}`"),
+                        )
+                        .hint("write ${NAME} or ${NAME:-default}; $${ for a literal ${"),
+                    };
+                    problems.push(p);
+                }
+            }
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(PathSeg::Index(i));
+                substitute_env(item, path, lookup, problems);
+                path.pop();
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                path.push(PathSeg::Key(k.clone()));
+                substitute_env(v, path, lookup, problems);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The process environment, for the daemon.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+#[cfg(test)]
+mod tests;

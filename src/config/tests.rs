@@ -1,0 +1,110 @@
+//! Configuration tests from TOML strings: substitution, unknown keys, locations.
+
+use super::*;
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "HTTP_ADDR" => Some("127.0.0.1:18080".into()),
+        _ => None,
+    }
+}
+
+fn parse_str(text: &str) -> Result<(PipelineConfig, Vec<LocatedProblem>), ConfigErrors> {
+    parse(&Source::new("test.toml", text), &env)
+}
+
+const MINIMAL: &str = r#"
+[[inputs]]
+type = "http"
+address = "${HTTP_ADDR:-0.0.0.0:8080}"
+tags = ["direct-upload"]
+
+[[filters]]
+type = "json"
+when = '[message] =~ /^\{/'
+target = "parsed"
+
+[[outputs]]
+type = "stdout"
+"#;
+
+#[test]
+fn parses_a_minimal_pipeline_with_env() {
+    let (cfg, warnings) = parse_str(MINIMAL).unwrap();
+    assert!(warnings.is_empty());
+    assert_eq!(cfg.inputs.len(), 1);
+    assert_eq!(cfg.inputs[0].id, "http");
+    match &cfg.inputs[0].config {
+        crate::inputs::InputConfig::Http(h) => assert_eq!(h.address, "127.0.0.1:18080"),
+    }
+    assert_eq!(cfg.filters[0].when.as_deref(), Some("[message] =~ /^\\{/"));
+}
+
+#[test]
+fn reports_every_problem_with_line_and_column() {
+    let text = r#"
+[pipelin]
+workers = 2
+
+[[inputs]]
+type = "http"
+adress = "0.0.0.0:8080"
+
+[[filters]]
+type = "jsn"
+
+[[filters]]
+type = "json"
+when = "[a] =="
+
+[[outputs]]
+type = "stdout"
+path = "${UNSET_VAR}"
+"#;
+    let errs = parse_str(text).unwrap_err().0;
+    let lines: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let all = lines.join("\n");
+    assert!(all.contains("test.toml:2:2: error: pipelin: unknown section `pipelin` (hint: did you mean `pipeline`?)"), "{all}");
+    assert!(all.contains("test.toml:7:1: error: inputs[0].adress: unknown key `adress` (hint: did you mean `address`?)"), "{all}");
+    assert!(all.contains("test.toml:10:1: error: filters[0].type: unknown filter type `jsn` (hint: did you mean `json`?)"), "{all}");
+    assert!(
+        all.contains("test.toml:14:1: error: filters[1].when: bad condition"),
+        "{all}"
+    );
+    assert!(
+        all.contains(
+            "test.toml:18:1: error: outputs[0].path: environment variable `UNSET_VAR` is not set"
+        ),
+        "{all}"
+    );
+}
+
+#[test]
+fn syntax_errors_are_located() {
+    let errs = parse_str("[[inputs]\ntype = 1").unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].line, 1);
+    assert!(errs[0].problem.message.contains("not valid TOML"));
+}
+
+#[test]
+fn empty_pipeline_needs_inputs_and_outputs() {
+    let errs = parse_str("").unwrap_err().0;
+    let all: Vec<String> = errs.iter().map(|e| e.problem.message.clone()).collect();
+    assert_eq!(
+        all,
+        ["the pipeline has no inputs", "the pipeline has no outputs"]
+    );
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let text = "[pipeline]\nworkers = \"many\"\n[[inputs]]\ntype = \"http\"\naddress = \"x\"\n[[outputs]]\ntype = \"stdout\"\n";
+    let errs = parse_str(text).unwrap_err().0;
+    assert_eq!(errs[0].line, 2);
+    assert!(
+        errs[0].to_string().contains("pipeline.workers"),
+        "{}",
+        errs[0]
+    );
+}

@@ -1,0 +1,160 @@
+//! Filter stages: each is a config struct (validated once) and a runtime [`Filter`] that
+//! enriches one event in place. A failing stage tags the event and passes it on.
+
+pub mod bucket;
+pub mod classify;
+pub mod cost;
+pub mod date;
+pub mod json;
+pub mod mutate;
+
+use crate::condition::Condition;
+use crate::config::{PathSeg, Problem};
+use crate::event::Event;
+use crate::metrics::Counter;
+use crate::BuildContext;
+
+/// A filter's work on one event. Returns `false` when it failed on this event (and tagged it).
+pub trait Filter: Send + Sync {
+    fn apply(&self, event: &mut Event) -> bool;
+}
+
+/// Every filter `type` the pipeline file accepts.
+pub const TYPES: &[&str] = &["json", "cost", "mutate", "date", "classify", "bucket"];
+
+#[derive(Debug, Clone)]
+pub enum FilterConfig {
+    Json(json::Config),
+    Cost(cost::Config),
+    Mutate(mutate::Config),
+    Date(date::Config),
+    Classify(classify::Config),
+    Bucket(bucket::Config),
+}
+
+impl FilterConfig {
+    pub fn parse(
+        kind: &str,
+        value: toml::Value,
+        path: &[PathSeg],
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        use crate::config::deserialize_at as de;
+        Some(match kind {
+            "json" => FilterConfig::Json(de(value, path, problems)?),
+            "cost" => FilterConfig::Cost(de(value, path, problems)?),
+            "mutate" => FilterConfig::Mutate(de(value, path, problems)?),
+            "date" => FilterConfig::Date(de(value, path, problems)?),
+            "classify" => FilterConfig::Classify(de(value, path, problems)?),
+            "bucket" => FilterConfig::Bucket(de(value, path, problems)?),
+            _ => return None,
+        })
+    }
+
+    /// Validates and compiles the stage. Problems carry paths relative to the stage.
+    pub fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Filter>, Vec<Problem>> {
+        match self {
+            FilterConfig::Json(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Cost(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Mutate(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Date(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Classify(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Bucket(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
+        }
+        .map_err(|problems| {
+            let _ = ctx;
+            problems
+        })
+    }
+}
+
+/// A compiled stage: condition, filter and its counters.
+pub struct FilterStage {
+    pub id: String,
+    when: Option<Condition>,
+    filter: Box<dyn Filter>,
+    matched: Counter,
+    failed: Counter,
+}
+
+impl FilterStage {
+    pub fn new(
+        id: String,
+        when: Option<Condition>,
+        filter: Box<dyn Filter>,
+        ctx: &BuildContext,
+    ) -> Self {
+        let labels = [("stage", id.as_str())];
+        FilterStage {
+            matched: ctx.metrics.counter(
+                "sheepdog_filter_events_total",
+                "Events a filter stage ran on (its condition held)",
+                &labels,
+            ),
+            failed: ctx.metrics.counter(
+                "sheepdog_filter_failures_total",
+                "Events a filter stage failed on and tagged",
+                &labels,
+            ),
+            id,
+            when,
+            filter,
+        }
+    }
+
+    /// Runs the stage over a batch; counters are updated once per batch.
+    pub fn apply_batch(&self, events: &mut [Event]) {
+        let mut matched = 0u64;
+        let mut failed = 0u64;
+        for event in events.iter_mut() {
+            if let Some(cond) = &self.when {
+                if !cond.matches(event) {
+                    continue;
+                }
+            }
+            matched += 1;
+            if !self.filter.apply(event) {
+                failed += 1;
+            }
+        }
+        self.matched.add(matched);
+        if failed > 0 {
+            self.failed.add(failed);
+        }
+    }
+}
+
+/// Helper for filter configs: a field path option that must parse.
+pub fn parse_path(
+    key: &str,
+    value: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<crate::event::FieldPath> {
+    match crate::event::FieldPath::parse(value) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            problems.push(
+                Problem::at(key, e.to_string()).hint("write a field as [a][b] or a top-level name"),
+            );
+            None
+        }
+    }
+}
+
+/// Helper for filter configs: a template option that must compile.
+pub fn parse_template(
+    key: &str,
+    value: &str,
+    problems: &mut Vec<Problem>,
+) -> Option<crate::template::Template> {
+    match crate::template::Template::compile(value) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            problems.push(
+                Problem::at(key, format!("bad template `{value}`: {e}"))
+                    .hint("templates look like %{[fields][service]} or %{+YYYY.MM.dd}"),
+            );
+            None
+        }
+    }
+}

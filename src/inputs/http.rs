@@ -1,0 +1,402 @@
+//! `http` input: accepts POST (or PUT) on any path with one JSON object, a JSON array of
+//! objects, or NDJSON; gzip bodies are inflated. A line or body that is not a JSON object
+//! becomes an event with `message` = the text and tag `_jsonparsefailure`. Replies 200 once the
+//! events are queued, 413 over the body limit, 429 (with `Retry-After`) when the queue is
+//! full, 401 when authentication is configured and fails, 503 while shutting down.
+
+use super::check_address;
+use crate::config::{de, Problem};
+use crate::event::{now_ms, Event};
+use crate::metrics::Counter;
+use crate::queue::{QueueError, QueueSender};
+use crate::BuildContext;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::io::Read;
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen address, e.g. `0.0.0.0:8080`.
+    pub address: String,
+    /// Tags added to every event from this input.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Largest accepted body, compressed or inflated. Default `10MiB`.
+    #[serde(default = "d_limit", deserialize_with = "de::bytes")]
+    pub max_body_size: u64,
+    /// Basic-auth user; requires `password`.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Bearer token expected in `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn d_limit() -> u64 {
+    10 * 1024 * 1024
+}
+
+impl Config {
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = check_address("address", &self.address)
+            .into_iter()
+            .collect();
+        if self.user.is_some() != self.password.is_some() {
+            problems.push(Problem::at(
+                "user",
+                "basic auth needs both `user` and `password`",
+            ));
+        }
+        if self.user.is_some() && self.token.is_some() {
+            problems.push(Problem::at(
+                "token",
+                "choose basic auth (`user`/`password`) or a bearer `token`, not both",
+            ));
+        }
+        if self.max_body_size == 0 {
+            problems.push(Problem::at("max_body_size", "must be greater than zero"));
+        }
+        problems
+    }
+
+    pub async fn start(
+        &self,
+        id: &str,
+        ctx: &BuildContext,
+        queue: QueueSender,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        use anyhow::Context;
+        let listener = tokio::net::TcpListener::bind(&self.address)
+            .await
+            .with_context(|| format!("input `{id}`: cannot listen on {}", self.address))?;
+        let local = listener.local_addr()?;
+        tracing::info!(input = id, address = %local, "http input listening");
+        let labels = [("input", id)];
+        let expected_auth = match (&self.user, &self.password, &self.token) {
+            (Some(u), Some(p), _) => Some(format!("Basic {}", base64_encode(&format!("{u}:{p}")))),
+            (_, _, Some(t)) => Some(format!("Bearer {t}")),
+            _ => None,
+        };
+        let state = Arc::new(HttpState {
+            source: Arc::from(id),
+            tags: self.tags.clone(),
+            limit: self.max_body_size as usize,
+            expected_auth,
+            queue,
+            events_in: ctx.metrics.counter(
+                "sheepdog_input_events_total",
+                "Events accepted into the queue",
+                &labels,
+            ),
+            parse_failures: ctx.metrics.counter(
+                "sheepdog_input_parse_failures_total",
+                "Lines or bodies that were not JSON objects",
+                &labels,
+            ),
+            rejected_full: ctx.metrics.counter(
+                "sheepdog_input_rejected_total",
+                "Requests refused because the queue was full",
+                &labels,
+            ),
+            bytes_in: ctx.metrics.counter(
+                "sheepdog_input_bytes_total",
+                "Request body bytes received",
+                &labels,
+            ),
+        });
+        let app = axum::Router::new().fallback(handle).with_state(state);
+        let shutdown = ctx.shutdown.clone();
+        let task = tokio::spawn(async move {
+            let server = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "http input stopped");
+            }
+        });
+        Ok(task)
+    }
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+struct HttpState {
+    source: Arc<str>,
+    tags: Vec<String>,
+    limit: usize,
+    expected_auth: Option<String>,
+    queue: QueueSender,
+    events_in: Counter,
+    parse_failures: Counter,
+    rejected_full: Counter,
+    bytes_in: Counter,
+}
+
+fn reply(status: StatusCode, text: &'static str) -> Response {
+    (status, text).into_response()
+}
+
+async fn handle(
+    State(state): State<Arc<HttpState>>,
+    method: Method,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    if method != Method::POST && method != Method::PUT {
+        return (
+            StatusCode::METHOD_NOT_ALLOWED,
+            [(header::ALLOW, "POST, PUT")],
+            "use POST with a JSON or NDJSON body\n",
+        )
+            .into_response();
+    }
+    if let Some(expected) = &state.expected_auth {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), expected.as_bytes()) {
+            let challenge = if expected.starts_with("Basic") {
+                "Basic realm=\"sheepdog\""
+            } else {
+                "Bearer"
+            };
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, challenge)],
+                "authentication required\n",
+            )
+                .into_response();
+        }
+    }
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > state.limit {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body exceeds the configured max_body_size\n",
+            );
+        }
+    }
+    let raw = match axum::body::to_bytes(body, state.limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body exceeds the configured max_body_size\n",
+            )
+        }
+    };
+    state.bytes_in.add(raw.len() as u64);
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("x-gzip"));
+    let body = if gzip {
+        match inflate_gzip(&raw, state.limit) {
+            Ok(b) => b,
+            Err(Inflate::TooLarge) => {
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "inflated body exceeds the configured max_body_size\n",
+                )
+            }
+            Err(Inflate::Corrupt) => {
+                return reply(StatusCode::BAD_REQUEST, "body is not valid gzip\n")
+            }
+        }
+    } else {
+        raw
+    };
+    let received = now_ms();
+    let mut failures = 0u64;
+    let mut events = decode_body(&body, received, &mut failures);
+    if failures > 0 {
+        state.parse_failures.add(failures);
+    }
+    if !state.tags.is_empty() {
+        for e in &mut events {
+            for t in &state.tags {
+                e.add_tag(t);
+            }
+        }
+    }
+    let n = events.len() as u64;
+    match state.queue.try_send(&state.source, events) {
+        Ok(()) => {
+            state.events_in.add(n);
+            reply(StatusCode::OK, "ok\n")
+        }
+        Err(QueueError::Full(_)) => {
+            state.rejected_full.inc();
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "1")],
+                "pipeline queue is full, retry later\n",
+            )
+                .into_response()
+        }
+        Err(QueueError::Closed(_)) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+enum Inflate {
+    TooLarge,
+    Corrupt,
+}
+
+fn inflate_gzip(raw: &[u8], limit: usize) -> Result<Bytes, Inflate> {
+    let mut out = Vec::with_capacity((raw.len() * 4).min(limit));
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
+    decoder
+        .read_to_end(&mut out)
+        .map_err(|_| Inflate::Corrupt)?;
+    if out.len() > limit {
+        return Err(Inflate::TooLarge);
+    }
+    Ok(Bytes::from(out))
+}
+
+fn failure_event(text: &[u8], received: i64, failures: &mut u64) -> Event {
+    *failures += 1;
+    let mut e = Event::from_message(String::from_utf8_lossy(text).into_owned(), received);
+    e.add_tag("_jsonparsefailure");
+    e
+}
+
+fn parse_object(line: &[u8], received: i64, failures: &mut u64) -> Event {
+    match serde_json::from_slice::<Map<String, Value>>(line) {
+        Ok(map) => Event::from_map(map, received),
+        Err(_) => failure_event(line, received, failures),
+    }
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &bytes[start..end]
+}
+
+/// Turns a body into events: a JSON array of objects, a single (possibly pretty-printed)
+/// object, or NDJSON. Nothing is dropped: what does not parse becomes a tagged event.
+pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event> {
+    let body = trim(body);
+    if body.is_empty() {
+        return Vec::new();
+    }
+    if body[0] == b'[' {
+        return match serde_json::from_slice::<Vec<Value>>(body) {
+            Ok(items) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::Object(map) => Event::from_map(map, received),
+                    other => failure_event(other.to_string().as_bytes(), received, failures),
+                })
+                .collect(),
+            Err(_) => vec![failure_event(body, received, failures)],
+        };
+    }
+    let first_line_end = memchr::memchr(b'\n', body);
+    let single_document = match first_line_end {
+        None => true,
+        // A first line that is not a whole object means one pretty-printed document.
+        Some(end) => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(trim(&body[..end])).is_err()
+                && body[0] == b'{'
+        }
+    };
+    if single_document {
+        return vec![parse_object(body, received, failures)];
+    }
+    let mut events = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count() + 1);
+    for line in body.split(|b| *b == b'\n') {
+        let line = trim(line);
+        if line.is_empty() {
+            continue;
+        }
+        events.push(parse_object(line, received, failures));
+    }
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decode(body: &str) -> (Vec<Event>, u64) {
+        let mut failures = 0;
+        let events = decode_body(body.as_bytes(), 7, &mut failures);
+        (events, failures)
+    }
+
+    #[test]
+    fn three_body_shapes() {
+        let (e, f) = decode(r#"{"a":1}"#);
+        assert_eq!((e.len(), f), (1, 0));
+        assert_eq!(e[0].fields()["a"], json!(1));
+        let (e, f) = decode("[{\"a\":1},{\"a\":2}]");
+        assert_eq!((e.len(), f), (2, 0));
+        let (e, f) = decode("{\"a\":1}\n{\"a\":2}\r\n\n{\"a\":3}\n");
+        assert_eq!((e.len(), f), (3, 0));
+        assert_eq!(e[2].fields()["a"], json!(3));
+        let (e, f) = decode("{\n  \"a\": 1,\n  \"b\": [1,2]\n}\n");
+        assert_eq!((e.len(), f), (1, 0));
+        assert_eq!(e[0].fields()["b"], json!([1, 2]));
+    }
+
+    #[test]
+    fn bad_input_becomes_tagged_events() {
+        let (e, f) = decode("{\"a\":1}\nnot json\n{\"a\":3}");
+        assert_eq!((e.len(), f), (3, 1));
+        assert_eq!(e[1].fields()["message"], json!("not json"));
+        assert!(e[1].has_tag("_jsonparsefailure"));
+        assert!(!e[0].has_tag("_jsonparsefailure"));
+        let (e, f) = decode("hello world");
+        assert_eq!((e.len(), f), (1, 1));
+        assert_eq!(e[0].fields()["message"], json!("hello world"));
+        let (e, f) = decode("[{\"a\":1}, 5]");
+        assert_eq!((e.len(), f), (2, 1));
+        assert_eq!(e[1].fields()["message"], json!("5"));
+        let (e, f) = decode("[{\"a\":1}, ");
+        assert_eq!((e.len(), f), (1, 1));
+        let (e, _) = decode("   \n ");
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn gzip_is_bounded() {
+        use flate2::write::GzEncoder;
+        use std::io::Write;
+        let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+        enc.write_all(&vec![b'a'; 10_000]).unwrap();
+        let gz = enc.finish().unwrap();
+        assert_eq!(inflate_gzip(&gz, 10_000).ok().unwrap().len(), 10_000);
+        assert!(matches!(inflate_gzip(&gz, 9_999), Err(Inflate::TooLarge)));
+        assert!(matches!(inflate_gzip(b"nope", 100), Err(Inflate::Corrupt)));
+    }
+}

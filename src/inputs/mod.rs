@@ -1,0 +1,63 @@
+//! Inputs: each binds its listener at start-up (so the daemon is ready when `start` returns),
+//! turns what it receives into events and hands them to the pipeline queue.
+
+pub mod http;
+
+use crate::config::{PathSeg, Problem};
+use crate::queue::QueueSender;
+use crate::BuildContext;
+use tokio::task::JoinHandle;
+
+/// Every input `type` the pipeline file accepts.
+pub const TYPES: &[&str] = &["http"];
+
+#[derive(Debug, Clone)]
+pub enum InputConfig {
+    Http(http::Config),
+}
+
+impl InputConfig {
+    pub fn parse(
+        kind: &str,
+        value: toml::Value,
+        path: &[PathSeg],
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        use crate::config::deserialize_at as de;
+        Some(match kind {
+            "http" => InputConfig::Http(de(value, path, problems)?),
+            _ => return None,
+        })
+    }
+
+    /// Checks the configuration without binding anything.
+    pub fn validate(&self) -> Vec<Problem> {
+        match self {
+            InputConfig::Http(c) => c.validate(),
+        }
+    }
+
+    /// Binds the listener and spawns the input; the task ends after shutdown is signalled
+    /// and in-flight requests are answered.
+    pub async fn start(
+        &self,
+        id: &str,
+        ctx: &BuildContext,
+        queue: QueueSender,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        match self {
+            InputConfig::Http(c) => c.start(id, ctx, queue).await,
+        }
+    }
+}
+
+/// Validates a listen address such as `0.0.0.0:8080`.
+pub fn check_address(key: &str, address: &str) -> Option<Problem> {
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(_) => None,
+        Err(_) => Some(
+            Problem::at(key, format!("`{address}` is not a listen address"))
+                .hint("write host:port, e.g. 0.0.0.0:8080 or 127.0.0.1:0"),
+        ),
+    }
+}

@@ -1,0 +1,64 @@
+//! Outputs: each receives, from the filter workers, the events its `when` condition selects.
+//! `submit` does the per-event work in the worker (encoding) and then awaits room in the
+//! output's own bounded queue, so a slow output applies backpressure to the pipeline.
+
+pub mod stdout;
+
+use crate::config::{PathSeg, Problem};
+use crate::event::Event;
+use crate::BuildContext;
+use std::future::Future;
+use std::pin::Pin;
+use tokio::task::JoinHandle;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A running output.
+pub trait Output: Send + Sync {
+    /// Hands events to the output; resolves once they are in its queue.
+    fn submit<'a>(&'a self, events: &'a [&'a Event]) -> BoxFuture<'a, ()>;
+}
+
+/// Every output `type` the pipeline file accepts.
+pub const TYPES: &[&str] = &["stdout"];
+
+#[derive(Debug, Clone)]
+pub enum OutputConfig {
+    Stdout(stdout::Config),
+}
+
+/// What starting an output yields: the handle workers submit to, and the task that drains it
+/// (it ends once every handle is dropped and its queue is flushed).
+pub struct Started {
+    pub output: Box<dyn Output>,
+    pub task: JoinHandle<()>,
+}
+
+impl OutputConfig {
+    pub fn parse(
+        kind: &str,
+        value: toml::Value,
+        path: &[PathSeg],
+        problems: &mut Vec<Problem>,
+    ) -> Option<Self> {
+        use crate::config::deserialize_at as de;
+        Some(match kind {
+            "stdout" => OutputConfig::Stdout(de(value, path, problems)?),
+            _ => return None,
+        })
+    }
+
+    /// Checks the configuration without starting anything.
+    pub fn validate(&self, ctx: &BuildContext) -> Vec<Problem> {
+        match self {
+            OutputConfig::Stdout(c) => c.validate(ctx),
+        }
+    }
+
+    /// Starts the output's task.
+    pub async fn start(&self, id: &str, ctx: &BuildContext) -> anyhow::Result<Started> {
+        match self {
+            OutputConfig::Stdout(c) => c.start(id, ctx),
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Inputs -> bounded queue -> filter workers -> outputs. Validation compiles every stage first;
+//! `run` starts outputs, workers, inputs and the API, then on shutdown stops the inputs, drains
+//! the queue through the workers and lets the outputs flush, all within the deadline.
+
+use crate::condition::Condition;
+use crate::config::{PathSeg, PipelineConfig, Problem};
+use crate::filters::FilterStage;
+use crate::outputs::Output;
+use crate::queue::{self, QueueReceiver};
+use crate::BuildContext;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// An output as the workers see it.
+struct OutputSlot {
+    id: String,
+    when: Option<Condition>,
+    output: Box<dyn Output>,
+}
+
+fn compile_when(
+    when: &Option<String>,
+    path: &[PathSeg],
+    problems: &mut Vec<Problem>,
+) -> Option<Condition> {
+    let source = when.as_ref()?;
+    match Condition::compile(source) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            problems
+                .push(Problem::at("when", format!("bad condition `{source}`: {e}")).prefixed(path));
+            None
+        }
+    }
+}
+
+/// Compiles the filter chain; problems carry their full document paths.
+pub fn build_filters(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+) -> Result<Vec<FilterStage>, Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut stages = Vec::new();
+    for stage in &config.filters {
+        let when = compile_when(&stage.when, &stage.path, &mut problems);
+        match stage.config.build(ctx) {
+            Ok(filter) => stages.push(FilterStage::new(stage.id.clone(), when, filter, ctx)),
+            Err(errs) => problems.extend(errs.into_iter().map(|p| p.prefixed(&stage.path))),
+        }
+    }
+    if problems.iter().any(Problem::is_error) {
+        Err(problems)
+    } else {
+        // Warnings (a missing optional file) do not stop the pipeline; `check` reports them.
+        Ok(stages)
+    }
+}
+
+/// Every problem in the configuration that can be found without starting anything.
+pub fn validate(config: &PipelineConfig, ctx: &BuildContext) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for stage in &config.inputs {
+        problems.extend(
+            stage
+                .config
+                .validate()
+                .into_iter()
+                .map(|p| p.prefixed(&stage.path)),
+        );
+    }
+    if let Err(errs) = build_filters(config, ctx) {
+        problems.extend(errs);
+    }
+    for stage in &config.outputs {
+        compile_when(&stage.when, &stage.path, &mut problems);
+        problems.extend(
+            stage
+                .config
+                .validate(ctx)
+                .into_iter()
+                .map(|p| p.prefixed(&stage.path)),
+        );
+    }
+    if config.pipeline.batch_size == 0 {
+        problems.push(Problem::at("pipeline.batch_size", "must be at least 1"));
+    }
+    if config.pipeline.queue_capacity == 0 {
+        problems.push(Problem::at("pipeline.queue_capacity", "must be at least 1"));
+    }
+    if !config.api.address.is_empty() {
+        problems.extend(crate::inputs::check_address(
+            "api.address",
+            &config.api.address,
+        ));
+    }
+    problems
+}
+
+fn worker_count(configured: usize) -> usize {
+    if configured > 0 {
+        configured
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    }
+}
+
+async fn worker(
+    queue: Arc<QueueReceiver>,
+    stages: Arc<Vec<FilterStage>>,
+    outputs: Arc<Vec<OutputSlot>>,
+    events_out: crate::metrics::Counter,
+) {
+    let mut selected: Vec<&crate::event::Event> = Vec::new();
+    while let Some(mut batch) = queue.recv().await {
+        for stage in stages.iter() {
+            stage.apply_batch(&mut batch.events);
+        }
+        for slot in outputs.iter() {
+            // Safety of lifetimes: `selected` only borrows from `batch`, cleared before reuse.
+            let refs: Vec<&crate::event::Event> = match &slot.when {
+                None => batch.events.iter().collect(),
+                Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
+            };
+            if !refs.is_empty() {
+                slot.output.submit(&refs).await;
+            }
+        }
+        selected.clear();
+        events_out.add(batch.events.len() as u64);
+        drop(batch);
+    }
+}
+
+/// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
+pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()> {
+    let problems = validate(&config, &ctx);
+    for p in problems.iter().filter(|p| !p.is_error()) {
+        tracing::warn!(problem = %p, "configuration warning");
+    }
+    if problems.iter().any(Problem::is_error) {
+        let text: Vec<String> = problems
+            .iter()
+            .filter(|p| p.is_error())
+            .map(|p| p.to_string())
+            .collect();
+        anyhow::bail!("invalid configuration:\n{}", text.join("\n"));
+    }
+    let stages =
+        Arc::new(build_filters(&config, &ctx).map_err(|_| anyhow::anyhow!("filter build failed"))?);
+
+    let mut output_slots = Vec::new();
+    let mut output_tasks: Vec<(String, JoinHandle<()>)> = Vec::new();
+    for stage in &config.outputs {
+        let started = stage
+            .config
+            .start(&stage.id, &ctx)
+            .await
+            .with_context(|| format!("output `{}` could not start", stage.id))?;
+        let when = stage
+            .when
+            .as_ref()
+            .map(|w| Condition::compile(w))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        output_slots.push(OutputSlot {
+            id: stage.id.clone(),
+            when,
+            output: started.output,
+        });
+        output_tasks.push((stage.id.clone(), started.task));
+    }
+    let outputs = Arc::new(output_slots);
+
+    let depth = ctx.metrics.gauge(
+        "sheepdog_queue_events",
+        "Events in the pipeline queue or being processed",
+        &[],
+    );
+    let (queue_tx, queue_rx) = queue::bounded(
+        config.pipeline.queue_capacity,
+        config.pipeline.batch_size,
+        depth,
+    );
+    ctx.metrics
+        .gauge(
+            "sheepdog_queue_capacity_events",
+            "Capacity of the pipeline queue in events",
+            &[],
+        )
+        .set(queue_tx.capacity() as i64);
+    let events_out = ctx.metrics.counter(
+        "sheepdog_pipeline_events_total",
+        "Events that passed the filter chain and were handed to outputs",
+        &[],
+    );
+
+    let workers: Vec<JoinHandle<()>> = (0..worker_count(config.pipeline.workers))
+        .map(|_| {
+            tokio::spawn(worker(
+                queue_rx.clone(),
+                stages.clone(),
+                outputs.clone(),
+                events_out.clone(),
+            ))
+        })
+        .collect();
+    drop(queue_rx);
+
+    let mut input_tasks = Vec::new();
+    for stage in &config.inputs {
+        let task = stage
+            .config
+            .start(&stage.id, &ctx, queue_tx.clone())
+            .await?;
+        input_tasks.push((stage.id.clone(), task));
+    }
+    drop(queue_tx);
+
+    let api_task = if config.api.address.is_empty() {
+        None
+    } else {
+        Some(crate::api::start(&config.api.address, &ctx).await?)
+    };
+    tracing::info!(
+        inputs = config.inputs.len(),
+        filters = stages.len(),
+        outputs = outputs.len(),
+        "sheepdog ready"
+    );
+
+    ctx.shutdown.cancelled().await;
+    let deadline = tokio::time::Instant::now() + config.pipeline.shutdown_timeout;
+    tracing::info!(timeout = ?config.pipeline.shutdown_timeout, "shutting down: stopping inputs, draining the queue");
+    for (id, task) in input_tasks {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!(input = %id, "input did not stop before the shutdown deadline");
+        }
+    }
+    for w in workers {
+        if tokio::time::timeout_at(deadline, w).await.is_err() {
+            tracing::warn!("filter worker did not drain before the shutdown deadline");
+        }
+    }
+    let ids: Vec<String> = outputs.iter().map(|o| o.id.clone()).collect();
+    drop(outputs);
+    for (id, task) in output_tasks {
+        if tokio::time::timeout_at(deadline, task).await.is_err() {
+            tracing::warn!(output = %id, "output did not flush before the shutdown deadline; undelivered events are lost");
+        }
+    }
+    let _ = ids;
+    if let Some(api) = api_task {
+        api.abort();
+    }
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    tracing::info!(spare = ?remaining.min(Duration::from_secs(3600)), "sheepdog stopped");
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! The bounded queue between inputs and filter workers, bounded in events (not batches) by a
+//! semaphore. Inputs either wait for room (`send`, Beats: the ACK is withheld meanwhile) or
+//! fail at once (`try_send`, HTTP: 429). A batch holds its permits until its events have been
+//! handed to every output, so queue depth counts events not yet delivered onward.
+
+use crate::event::Event;
+use crate::metrics::Gauge;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Mutex, OwnedSemaphorePermit, Semaphore};
+
+/// Events travelling together, with their share of the queue's capacity.
+pub struct Batch {
+    pub events: Vec<Event>,
+    /// Which input produced the batch (for logs).
+    pub source: Arc<str>,
+    _permit: OwnedSemaphorePermit,
+    depth: Gauge,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        self.depth.sub(self.events_accounted());
+    }
+}
+
+impl Batch {
+    fn events_accounted(&self) -> i64 {
+        self._permit.num_permits() as i64
+    }
+}
+
+/// Why events were not queued; the events are handed back.
+#[derive(Debug)]
+pub enum QueueError {
+    /// Not enough room right now.
+    Full(Vec<Event>),
+    /// The pipeline is shutting down.
+    Closed(Vec<Event>),
+}
+
+#[derive(Clone)]
+pub struct QueueSender {
+    tx: mpsc::Sender<Batch>,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    batch_size: usize,
+    depth: Gauge,
+}
+
+pub struct QueueReceiver {
+    rx: Mutex<mpsc::Receiver<Batch>>,
+}
+
+/// A queue holding at most `capacity` events, handed on in batches of at most `batch_size`.
+pub fn bounded(
+    capacity: usize,
+    batch_size: usize,
+    depth: Gauge,
+) -> (QueueSender, Arc<QueueReceiver>) {
+    let capacity = capacity.max(1);
+    let (tx, rx) = mpsc::channel(capacity);
+    (
+        QueueSender {
+            tx,
+            permits: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            batch_size: batch_size.max(1),
+            depth,
+        },
+        Arc::new(QueueReceiver { rx: Mutex::new(rx) }),
+    )
+}
+
+impl QueueSender {
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Events currently queued or being processed.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.permits.available_permits()
+    }
+
+    /// Queues all `events` or none: fails at once when there is not room for all of them.
+    pub fn try_send(&self, source: &Arc<str>, events: Vec<Event>) -> Result<(), QueueError> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        if events.len() > self.capacity {
+            return Err(QueueError::Full(events));
+        }
+        let permit = match self
+            .permits
+            .clone()
+            .try_acquire_many_owned(events.len() as u32)
+        {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueError::Full(events)),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::Closed(events)),
+        };
+        self.push_chunks(source, events, permit, false)
+    }
+
+    /// Queues `events`, waiting for room. Events larger than the whole queue go in chunks.
+    pub async fn send(&self, source: &Arc<str>, mut events: Vec<Event>) -> Result<(), QueueError> {
+        while !events.is_empty() {
+            let take = events.len().min(self.capacity);
+            let rest = if take < events.len() {
+                events.split_off(take)
+            } else {
+                Vec::new()
+            };
+            let permit = match self.permits.clone().acquire_many_owned(take as u32).await {
+                Ok(p) => p,
+                Err(_) => {
+                    events.extend(rest);
+                    return Err(QueueError::Closed(events));
+                }
+            };
+            self.push_chunks(source, events, permit, true)?;
+            events = rest;
+        }
+        Ok(())
+    }
+
+    fn push_chunks(
+        &self,
+        source: &Arc<str>,
+        mut events: Vec<Event>,
+        mut permit: OwnedSemaphorePermit,
+        _wait: bool,
+    ) -> Result<(), QueueError> {
+        self.depth.add(events.len() as i64);
+        while !events.is_empty() {
+            let rest = if events.len() > self.batch_size {
+                events.split_off(self.batch_size)
+            } else {
+                Vec::new()
+            };
+            let chunk_permit = if rest.is_empty() {
+                std::mem::replace(
+                    &mut permit,
+                    self.permits
+                        .clone()
+                        .try_acquire_many_owned(0)
+                        .expect("zero permits are always available"),
+                )
+            } else {
+                permit
+                    .split(events.len())
+                    .expect("permit covers every event of the chunk")
+            };
+            let batch = Batch {
+                events,
+                source: source.clone(),
+                _permit: chunk_permit,
+                depth: self.depth.clone(),
+            };
+            // The channel holds as many slots as the semaphore has permits, so a batch that got
+            // its permits always finds a slot; failure means the receiver is gone.
+            if let Err(e) = self.tx.try_send(batch) {
+                let mut batch = match e {
+                    mpsc::error::TrySendError::Full(b) | mpsc::error::TrySendError::Closed(b) => b,
+                };
+                let mut back = std::mem::take(&mut batch.events);
+                back.extend(rest);
+                return Err(QueueError::Closed(back));
+            }
+            events = rest;
+        }
+        Ok(())
+    }
+}
+
+impl QueueReceiver {
+    /// The next batch, or `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&self) -> Option<Batch> {
+        self.rx.lock().await.recv().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event::from_message(i.to_string(), 0))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn bounded_in_events_and_split_in_batches() {
+        let depth = Gauge::default();
+        let (tx, rx) = bounded(10, 4, depth.clone());
+        let src: Arc<str> = Arc::from("test");
+        tx.try_send(&src, events(9)).unwrap();
+        assert_eq!(tx.depth(), 9);
+        assert_eq!(depth.get(), 9);
+        assert!(matches!(tx.try_send(&src, events(2)), Err(QueueError::Full(e)) if e.len() == 2));
+        let b1 = rx.recv().await.unwrap();
+        assert_eq!(b1.events.len(), 4);
+        drop(b1);
+        assert_eq!(tx.depth(), 5);
+        assert_eq!(depth.get(), 5);
+        tx.try_send(&src, events(2)).unwrap();
+        let sizes: Vec<usize> = [
+            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap(),
+        ]
+        .iter()
+        .map(|b| b.events.len())
+        .collect();
+        assert_eq!(sizes, [4, 1, 2]);
+        assert_eq!(depth.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn send_waits_for_room_and_chunks_oversized_input() {
+        let (tx, rx) = bounded(3, 2, Gauge::default());
+        let src: Arc<str> = Arc::from("test");
+        let sender = tokio::spawn(async move { tx.send(&src, events(7)).await.map_err(|_| ()) });
+        let mut got = 0;
+        while got < 7 {
+            let b = rx.recv().await.unwrap();
+            got += b.events.len();
+        }
+        sender.await.unwrap().unwrap();
+        assert_eq!(got, 7);
+        assert!(rx.recv().await.is_none());
+    }
+}
