@@ -224,6 +224,7 @@ pub async fn run(opts: BeatsOptions, gen: &mut EventGen, run: Arc<Run>) -> Resul
     }
     let rate = opts.rate.map(|r| r / opts.connections as f64);
     let opts = Arc::new(opts);
+    run.begin();
     let mut tasks = Vec::new();
     for (windows, source) in per_conn.into_iter().zip(sources) {
         let (opts, run) = (Arc::clone(&opts), Arc::clone(&run));

@@ -75,6 +75,7 @@ pub async fn run(opts: HttpOptions, gen: &mut EventGen, run: Arc<Run>) -> Result
     }
     let rate = opts.rate.map(|r| r / opts.connections as f64);
     let opts = Arc::new(opts);
+    run.begin();
     let mut tasks = Vec::new();
     for bodies in per_conn {
         let (opts, run) = (Arc::clone(&opts), Arc::clone(&run));

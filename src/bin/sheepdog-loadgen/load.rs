@@ -10,7 +10,9 @@ use crate::stats;
 /// What the whole run may still send. Connections claim events in chunks, so the total is exact.
 pub struct Budget {
     remaining: AtomicU64,
-    deadline: Option<Instant>,
+    duration: Option<Duration>,
+    /// Set when sending begins, so start-up time does not eat into `duration`.
+    deadline: std::sync::OnceLock<Instant>,
     stop: AtomicBool,
 }
 
@@ -18,14 +20,23 @@ impl Budget {
     pub fn new(count: Option<u64>, duration: Option<Duration>) -> Self {
         Self {
             remaining: AtomicU64::new(count.unwrap_or(u64::MAX)),
-            deadline: duration.map(|d| Instant::now() + d),
+            duration,
+            deadline: std::sync::OnceLock::new(),
             stop: AtomicBool::new(false),
+        }
+    }
+
+    pub fn start(&self) {
+        if let Some(d) = self.duration {
+            let _ = self.deadline.set(Instant::now() + d);
         }
     }
 
     /// Claims up to `max` events; 0 means the run is over.
     pub fn claim(&self, max: usize) -> usize {
-        if self.stop.load(Ordering::Relaxed) || self.deadline.is_some_and(|d| Instant::now() >= d) {
+        if self.stop.load(Ordering::Relaxed)
+            || self.deadline.get().is_some_and(|d| Instant::now() >= *d)
+        {
             return 0;
         }
         let mut cur = self.remaining.load(Ordering::Relaxed);
@@ -134,8 +145,9 @@ pub struct Run {
     pub mode: &'static str,
     pub budget: Budget,
     pub counters: Counters,
-    pub started: Instant,
-    cpu_at_start: f64,
+    created: Instant,
+    /// Wall clock and CPU seconds when sending began, after the pools were built.
+    begun: std::sync::OnceLock<(Instant, f64)>,
 }
 
 impl Run {
@@ -144,21 +156,34 @@ impl Run {
             mode,
             budget,
             counters: Counters::default(),
-            started: Instant::now(),
-            cpu_at_start: stats::read_proc("self").map(|p| p.cpu_s()).unwrap_or(0.0),
+            created: Instant::now(),
+            begun: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Marks the end of set-up: rates and CPU in the summary count from here.
+    pub fn begin(&self) {
+        let cpu = stats::read_proc("self").map(|p| p.cpu_s()).unwrap_or(0.0);
+        let _ = self.begun.set((Instant::now(), cpu));
+        self.budget.start();
+    }
+
+    fn began(&self) -> (Instant, f64) {
+        self.begun.get().copied().unwrap_or((self.created, 0.0))
     }
 
     /// One JSON line: what was delivered, how fast, and what it cost this process.
     pub fn summary(&self) -> String {
         let c = &self.counters;
-        let elapsed = self.started.elapsed().as_secs_f64();
+        let (started, cpu_at_start) = self.began();
+        let elapsed = started.elapsed().as_secs_f64();
         let ok = c.events_ok.load(Ordering::Relaxed);
         let proc = stats::read_proc("self").ok();
-        let cpu = proc.map(|p| p.cpu_s() - self.cpu_at_start).unwrap_or(0.0);
+        let cpu = proc.map(|p| p.cpu_s() - cpu_at_start).unwrap_or(0.0);
         format!(
-            r#"{{"mode":"{}","events":{},"events_failed":{},"requests":{},"retries":{},"bytes":{},"elapsed_s":{:.3},"events_per_s":{:.0},"statuses":{},"cpu_s":{:.3},"cpu_pct":{:.1},"vm_hwm_kb":{}}}"#,
+            r#"{{"mode":"{}","setup_s":{:.3},"events":{},"events_failed":{},"requests":{},"retries":{},"bytes":{},"elapsed_s":{:.3},"events_per_s":{:.0},"statuses":{},"cpu_s":{:.3},"cpu_pct":{:.1},"vm_hwm_kb":{}}}"#,
             self.mode,
+            (started - self.created).as_secs_f64(),
             ok,
             c.events_failed.load(Ordering::Relaxed),
             c.requests.load(Ordering::Relaxed),
@@ -188,7 +213,7 @@ impl Run {
                 let ok = run.counters.events_ok.load(Ordering::Relaxed);
                 eprintln!(
                     r#"{{"t_s":{:.1},"events":{},"events_per_s":{:.0}}}"#,
-                    run.started.elapsed().as_secs_f64(),
+                    run.began().0.elapsed().as_secs_f64(),
                     ok,
                     (ok - last) as f64 / interval.as_secs_f64()
                 );
