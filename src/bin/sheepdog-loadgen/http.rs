@@ -210,8 +210,24 @@ pub async fn read_response(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Resp
         if let Some((head_len, resp, body)) = parse_head(buf)? {
             let consumed = match body {
                 BodyLen::Fixed(n) => {
-                    fill(s, buf, head_len + n).await?;
-                    head_len + n
+                    // Discard the body (up to 200 bytes per document for bulk items) through a
+                    // small scratch buffer instead of growing `buf`.
+                    let mut left = (head_len + n).saturating_sub(buf.len());
+                    if left > 0 {
+                        buf.clear();
+                        let mut scratch = [0u8; 16 * 1024];
+                        while left > 0 {
+                            let want = left.min(scratch.len());
+                            let got = s.read(&mut scratch[..want]).await?;
+                            if got == 0 {
+                                bail!("connection closed inside a response body");
+                            }
+                            left -= got;
+                        }
+                        0
+                    } else {
+                        head_len + n
+                    }
                 }
                 BodyLen::Chunked => skip_chunked(s, buf, head_len).await?,
                 BodyLen::UntilClose => {

@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 
 use crate::stats::{self, now_us, Histogram};
 
@@ -55,13 +55,17 @@ struct Sink {
     reached: tokio::sync::Notify,
 }
 
-static SENT_AT: std::sync::LazyLock<Finder<'static>> =
-    std::sync::LazyLock::new(|| Finder::new(b"sent_at_us"));
+static SENT_AT: std::sync::LazyLock<FinderRev<'static>> =
+    std::sync::LazyLock::new(|| FinderRev::new(b"sent_at_us"));
+static INDEX_KEY: std::sync::LazyLock<Finder<'static>> =
+    std::sync::LazyLock::new(|| Finder::new(b"\"_index\""));
+static ID_KEY: std::sync::LazyLock<Finder<'static>> =
+    std::sync::LazyLock::new(|| Finder::new(b"\"_id\""));
 
 /// Parses the send time of a document (`"sent_at_us":123` or, inside a string field,
-/// `\"sent_at_us\":123`).
+/// `\"sent_at_us\":123`). Searches from the end, where the generator puts it.
 pub fn sent_at(doc: &[u8]) -> Option<u64> {
-    let i = SENT_AT.find(doc)? + "sent_at_us".len();
+    let i = SENT_AT.rfind(doc)? + "sent_at_us".len();
     let rest = &doc[i..];
     let rest = rest
         .strip_prefix(b"\":")
@@ -90,12 +94,30 @@ fn record_latency(doc: &[u8], now: u64, hist: &mut Histogram, scan: &mut Scan) {
 }
 
 /// The value of `"key":"value"` in a small action line.
-fn str_field<'a>(line: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
-    let i = memchr::memmem::find(line, key)? + key.len();
+fn str_field<'a>(line: &'a [u8], key: &Finder<'_>) -> Option<&'a [u8]> {
+    let i = key.find(line)? + key.needle().len();
     let rest = &line[i..];
     let rest = &rest[rest.iter().position(|c| !matches!(c, b'"' | b':' | b' '))?..];
     let end = memchr::memchr(b'"', rest)?;
     Some(&rest[..end])
+}
+
+/// Non-blank lines of `body`, found with memchr.
+fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = body;
+    std::iter::from_fn(move || loop {
+        if rest.is_empty() {
+            return None;
+        }
+        let (line, next) = match memchr::memchr(b'\n', rest) {
+            Some(i) => (&rest[..i], &rest[i + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        rest = next;
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            return Some(line);
+        }
+    })
 }
 
 /// Counts the actions of a bulk body and records the latency of each source document. When `items`
@@ -108,9 +130,9 @@ pub fn scan_bulk(
     mut items: Option<&mut Vec<u8>>,
 ) -> Scan {
     let mut scan = Scan::default();
-    let mut lines = body
-        .split(|&c| c == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
+    let mut lines = lines(body);
+    // Bulk bodies usually repeat one action line; parse it once.
+    let mut last: (&[u8], &[u8], Option<&[u8]>) = (&[], default_index, None);
     while let Some(action) = lines.next() {
         let start = action.iter().position(|&c| c == b'"').map_or(0, |i| i + 1);
         let op: &[u8] = match &action[start..] {
@@ -129,7 +151,14 @@ pub fn scan_bulk(
             }
         }
         if let Some(out) = items.as_deref_mut() {
-            let index = str_field(action, b"\"_index\"").unwrap_or(default_index);
+            if last.0 != action {
+                last = (
+                    action,
+                    str_field(action, &INDEX_KEY).unwrap_or(default_index),
+                    str_field(action, &ID_KEY),
+                );
+            }
+            let (_, index, id) = last;
             if scan.docs > 0 {
                 out.push(b',');
             }
@@ -138,7 +167,7 @@ pub fn scan_bulk(
             out.extend_from_slice(b"\":{\"_index\":\"");
             out.extend_from_slice(index);
             out.extend_from_slice(b"\",\"_id\":\"");
-            match str_field(action, b"\"_id\"") {
+            match id {
                 Some(id) => out.extend_from_slice(id),
                 None => out.extend_from_slice(itoa::Buffer::new().format(scan.docs).as_bytes()),
             }
@@ -165,10 +194,7 @@ pub fn scan_bulk(
 /// Counts the non-empty lines of an NDJSON body and records their latency.
 pub fn scan_ndjson(body: &[u8], now: u64, hist: &mut Histogram) -> Scan {
     let mut scan = Scan::default();
-    for line in body
-        .split(|&c| c == b'\n')
-        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
-    {
+    for line in lines(body) {
         record_latency(line, now, hist, &mut scan);
         scan.docs += 1;
     }
