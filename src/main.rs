@@ -52,23 +52,21 @@ fn init_logging(json: bool) {
 
 fn load(path: &PathBuf) -> Result<(config::PipelineConfig, Vec<config::LocatedProblem>), String> {
     let source = Source::read(path).map_err(|e| format!("{e:#}"))?;
-    match config::parse(&source, &config::process_env) {
-        Ok((cfg, warnings)) => {
-            // Stage-level validation (templates, files, addresses) is located here too.
-            let ctx = sheepdog::BuildContext::new(
-                cfg.pipeline.data_dir.clone(),
-                CancellationToken::new(),
-            );
-            let problems = sheepdog::pipeline::validate(&cfg, &ctx);
-            let mut located: Vec<config::LocatedProblem> = warnings;
-            located.extend(problems.into_iter().map(|p| source.locate(p)));
-            if located.iter().any(|p| p.problem.is_error()) {
-                Err(config::ConfigErrors(located).to_string())
-            } else {
-                Ok((cfg, located))
-            }
-        }
-        Err(errors) => Err(errors.to_string()),
+    // Stages that parsed are validated (templates, files, addresses) even when others did not,
+    // so one run reports every problem.
+    let (cfg, mut located) =
+        config::parse_partial(&source, &config::process_env).map_err(|e| e.to_string())?;
+    let ctx = sheepdog::BuildContext::new(cfg.pipeline.data_dir.clone(), CancellationToken::new());
+    located.extend(
+        sheepdog::pipeline::validate(&cfg, &ctx)
+            .into_iter()
+            .map(|p| source.locate(p)),
+    );
+    located.sort_by_key(|p| (p.line, p.column));
+    if located.iter().any(|p| p.problem.is_error()) {
+        Err(config::ConfigErrors(located).to_string())
+    } else {
+        Ok((cfg, located))
     }
 }
 

@@ -252,6 +252,20 @@ pub fn parse(
     source: &Source,
     lookup: env::Lookup,
 ) -> Result<(PipelineConfig, Vec<LocatedProblem>), ConfigErrors> {
+    let (config, located) = parse_partial(source, lookup)?;
+    if located.iter().any(|p| p.problem.is_error()) {
+        Err(ConfigErrors(located))
+    } else {
+        Ok((config, located))
+    }
+}
+
+/// Like [`parse`], but returns the stages that did parse together with every problem, so a
+/// caller (`sheepdog check`) can go on validating them. Only a TOML syntax error is `Err`.
+pub fn parse_partial(
+    source: &Source,
+    lookup: env::Lookup,
+) -> Result<(PipelineConfig, Vec<LocatedProblem>), ConfigErrors> {
     let mut problems: Vec<Problem> = Vec::new();
     let table: toml::Table = match toml::from_str(&source.text) {
         Ok(t) => t,
@@ -345,11 +359,7 @@ pub fn parse(
 
     let mut located: Vec<LocatedProblem> = problems.into_iter().map(|p| source.locate(p)).collect();
     located.sort_by_key(|p| (p.line, p.column));
-    if located.iter().any(|p| p.problem.is_error()) {
-        Err(ConfigErrors(located))
-    } else {
-        Ok((config, located))
-    }
+    Ok((config, located))
 }
 
 /// Deserializes `value` into `T`, recording a located problem (with the exact key path) on failure.

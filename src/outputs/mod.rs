@@ -2,6 +2,7 @@
 //! `submit` does the per-event work in the worker (encoding) and then awaits room in the
 //! output's own bounded queue, so a slow output applies backpressure to the pipeline.
 
+pub mod file;
 pub mod stdout;
 
 use crate::config::{PathSeg, Problem};
@@ -20,11 +21,12 @@ pub trait Output: Send + Sync {
 }
 
 /// Every output `type` the pipeline file accepts.
-pub const TYPES: &[&str] = &["stdout"];
+pub const TYPES: &[&str] = &["stdout", "file"];
 
 #[derive(Debug, Clone)]
 pub enum OutputConfig {
     Stdout(stdout::Config),
+    File(file::Config),
 }
 
 /// What starting an output yields: the handle workers submit to, and the task that drains it
@@ -44,6 +46,7 @@ impl OutputConfig {
         use crate::config::deserialize_at as de;
         Some(match kind {
             "stdout" => OutputConfig::Stdout(de(value, path, problems)?),
+            "file" => OutputConfig::File(de(value, path, problems)?),
             _ => return None,
         })
     }
@@ -52,6 +55,7 @@ impl OutputConfig {
     pub fn validate(&self, ctx: &BuildContext) -> Vec<Problem> {
         match self {
             OutputConfig::Stdout(c) => c.validate(ctx),
+            OutputConfig::File(c) => c.validate(ctx),
         }
     }
 
@@ -59,6 +63,7 @@ impl OutputConfig {
     pub async fn start(&self, id: &str, ctx: &BuildContext) -> anyhow::Result<Started> {
         match self {
             OutputConfig::Stdout(c) => c.start(id, ctx),
+            OutputConfig::File(c) => c.start(id, ctx).await,
         }
     }
 }

@@ -1,0 +1,302 @@
+//! The HTTP input and the shipped filter chain, end to end through the real binary with a
+//! `file` output: body shapes, every reply code, bad input kept as tagged events, draining on
+//! SIGTERM.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The shipped pipeline with its outputs replaced by a file output (and optional extra
+/// settings appended to the HTTP input table).
+fn pipeline_with_file_output(out: &Path, http_extra: &str, pipeline_extra: &str) -> PathBuf {
+    let shipped = std::fs::read_to_string(repo_root().join("pipelines/holysheep.toml")).unwrap();
+    let cut = shipped
+        .find("\n[[outputs]]")
+        .expect("shipped pipeline has outputs");
+    let mut text = shipped[..cut].to_string();
+    text = text.replace(
+        "tags = [\"direct-upload\"]",
+        &format!("tags = [\"direct-upload\"]\n{http_extra}"),
+    );
+    if !pipeline_extra.is_empty() {
+        text = text.replace("queue_capacity = 65536", pipeline_extra);
+    }
+    text.push_str(&format!(
+        "\n[[outputs]]\ntype = \"file\"\npath = \"{}\"\n",
+        out.display()
+    ));
+    temp_file("pipeline.toml", &text)
+}
+
+fn read_events(path: &Path, n: usize) -> Vec<Value> {
+    wait_for(
+        Duration::from_secs(20),
+        &format!("{n} events in {}", path.display()),
+        || {
+            let text = std::fs::read_to_string(path).ok()?;
+            let events: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (events.len() >= n).then_some(events)
+        },
+    )
+}
+
+fn out_path() -> PathBuf {
+    temp_file("events.ndjson", "").with_file_name(format!("events-{}.ndjson", free_port()))
+}
+
+#[test]
+fn shipped_filters_enrich_events_from_all_body_shapes() {
+    let out = out_path();
+    let dog = Sheepdog::start(pipeline_with_file_output(&out, "", ""), &[]);
+    let single = json!({"timestamp":"2026-11-27T10:15:02.123456+00:00","request_id":"r1","model":"deepseek-v3.2","user_id":"user_1","status":"success","latency_ms":43.17,"total_tokens":1042,"fields":{"environment":"production","service":"holysheep-api"}});
+    assert_eq!(
+        dog.post(single.to_string(), "application/json"),
+        (200, "ok\n".into())
+    );
+    let array = json!([
+        {"timestamp":"2026-11-28T00:30:00+07:00","request_id":"r2","model":"gpt-4.1","status":"error","error_message":"HTTP 429: rate limited","latency_ms":612.0},
+        {"request_id":"r3","model":"claude-sonnet-4.5","status":"pending","latency_ms":"150","total_tokens":"2000","cost_usd":0.5}
+    ]);
+    assert_eq!(dog.post(array.to_string(), "application/json").0, 200);
+    let ndjson = "{\"request_id\":\"r4\",\"status_code\":200,\"model\":\"mystery\",\"total_tokens\":1000000}\nthis is not json\n{\"request_id\":\"r5\",\"message\":\"{\\\"inner\\\":1}\",\"timestamp\":\"yesterday\"}\n";
+    assert_eq!(dog.post(ndjson, "application/x-ndjson").0, 200);
+
+    let events = read_events(&out, 6);
+    let by_id = |id: &str| {
+        events
+            .iter()
+            .find(|e| e["request_id"] == id)
+            .unwrap_or_else(|| panic!("{id} missing: {events:?}"))
+            .clone()
+    };
+
+    let r1 = by_id("r1");
+    assert_eq!(r1["@timestamp"], "2026-11-27T10:15:02.123Z");
+    assert_eq!(r1["cost_usd"], 0.000438);
+    assert_eq!(r1["cost_per_1m_tokens"], 0.42);
+    assert_eq!(r1["status_category"], "success");
+    assert_eq!(r1["latency_bucket"], "ultra_fast");
+    assert_eq!(r1["environment"], "production");
+    assert_eq!(r1["service"], "holysheep-api");
+    assert_eq!(r1["tags"], json!(["direct-upload", "success"]));
+
+    let r2 = by_id("r2");
+    assert_eq!(r2["@timestamp"], "2026-11-27T17:30:00.000Z");
+    assert_eq!(r2["status_category"], "error");
+    assert_eq!(r2["latency_bucket"], "critical");
+    assert_eq!(r2["tags"], json!(["direct-upload", "error"]));
+    assert!(r2.get("cost_usd").is_none());
+    assert!(
+        r2.get("environment").is_none(),
+        "a missing [fields][environment] must not be written literally"
+    );
+
+    let r3 = by_id("r3");
+    assert_eq!(r3["cost_usd"], 0.5, "an existing cost is kept");
+    assert_eq!(r3["status_category"], "pending");
+    assert_eq!(r3["latency_bucket"], "normal");
+
+    let r4 = by_id("r4");
+    assert_eq!(r4["cost_usd"], 8.0, "unknown models use the default price");
+    assert_eq!(r4["status_category"], "success");
+
+    let r5 = by_id("r5");
+    assert_eq!(r5["parsed"], json!({"inner": 1}));
+    assert!(r5["tags"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("_dateparsefailure")));
+
+    let bad = events
+        .iter()
+        .find(|e| e["message"] == "this is not json")
+        .expect("bad line kept");
+    assert_eq!(
+        bad["tags"],
+        json!(["_jsonparsefailure", "direct-upload", "error"])
+    );
+    assert!(bad["@timestamp"].is_string());
+
+    assert_eq!(
+        dog.metric("sheepdog_input_events_total{input=\"http\"}"),
+        Some(6.0)
+    );
+    assert_eq!(
+        dog.metric("sheepdog_input_parse_failures_total{input=\"http\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn gzip_bodies_and_reply_codes() {
+    use flate2::write::GzEncoder;
+    use std::io::Write;
+    let out = out_path();
+    let dog = Sheepdog::start(
+        pipeline_with_file_output(
+            &out,
+            "max_body_size = \"2KiB\"\ntoken = \"s3cret\"",
+            "queue_capacity = 8",
+        ),
+        &[],
+    );
+    let auth = [("Authorization", "Bearer s3cret")];
+    let body: String = (0..5)
+        .map(|i| format!("{{\"request_id\":\"g{i}\",\"status\":\"success\"}}\n"))
+        .collect();
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(body.as_bytes()).unwrap();
+    let gz = enc.finish().unwrap();
+    let (status, _) = post_body(
+        &dog.http_url,
+        gz,
+        "application/x-ndjson",
+        &[auth[0], ("Content-Encoding", "gzip")],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(read_events(&out, 5).len(), 5);
+
+    // 401 without or with a wrong token
+    assert_eq!(
+        post_body(&dog.http_url, "{}", "application/json", &[]).0,
+        401
+    );
+    assert_eq!(
+        post_body(
+            &dog.http_url,
+            "{}",
+            "application/json",
+            &[("Authorization", "Bearer nope")]
+        )
+        .0,
+        401
+    );
+    // 413 over the body limit, plain and inflated
+    assert_eq!(
+        post_body(&dog.http_url, vec![b' '; 4096], "application/json", &auth).0,
+        413
+    );
+    let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&vec![b' '; 100_000]).unwrap();
+    let bomb = enc.finish().unwrap();
+    assert!(bomb.len() < 2048);
+    assert_eq!(
+        post_body(
+            &dog.http_url,
+            bomb,
+            "application/json",
+            &[auth[0], ("Content-Encoding", "gzip")]
+        )
+        .0,
+        413
+    );
+    // 400 for a corrupt gzip body
+    assert_eq!(
+        post_body(
+            &dog.http_url,
+            "nope",
+            "application/json",
+            &[auth[0], ("Content-Encoding", "gzip")]
+        )
+        .0,
+        400
+    );
+    // 429 with Retry-After when the queue cannot take the batch
+    let many: String = (0..9).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    let resp = client()
+        .post(&dog.http_url)
+        .header("Authorization", "Bearer s3cret")
+        .body(many)
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    // 405 for GET
+    assert_eq!(
+        client()
+            .get(&dog.http_url)
+            .send()
+            .unwrap()
+            .status()
+            .as_u16(),
+        405
+    );
+    assert_eq!(
+        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn sigterm_drains_queued_events() {
+    let out = out_path();
+    let mut dog = Sheepdog::start(pipeline_with_file_output(&out, "", ""), &[]);
+    let mut sent = 0;
+    for batch in 0..20 {
+        let body: String = (0..500).map(|i| format!("{{\"request_id\":\"d{batch}-{i}\",\"status\":\"success\",\"latency_ms\":{i}}}\n")).collect();
+        assert_eq!(dog.post(body, "application/x-ndjson").0, 200);
+        sent += 500;
+    }
+    let status = dog.stop();
+    assert!(status.success(), "exit status {status}\n{}", dog.log());
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(text.lines().count(), sent);
+}
+
+#[test]
+fn check_reports_every_problem_and_exit_code() {
+    let bad = temp_file(
+        "bad.toml",
+        "[[inputs]]\ntype = \"http\"\naddress = \"nowhere\"\n\n[[filters]]\ntype = \"mutate\"\nadd_field = { x = \"%{[a\" }\n\n[[filters]]\ntype = \"date\"\nformats = [\"JODA\"]\n\n[[outputs]]\ntype = \"file\"\npath = \"${SHEEPDOG_TEST_UNSET_VAR}\"\n",
+    );
+    let (code, text) = sheepdog_check(&bad, &[]);
+    assert_eq!(code, 1, "{text}");
+    let name = bad.display().to_string();
+    assert!(
+        text.contains(&format!(
+            "{name}:3:1: error: inputs[0].address: `nowhere` is not a listen address"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{name}:7:15: error: filters[0].add_field.x: bad template"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{name}:11:1: error: filters[1].formats: unknown date format `JODA`"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("environment variable `SHEEPDOG_TEST_UNSET_VAR` is not set"),
+        "{text}"
+    );
+
+    let good = temp_file(
+        "good.toml",
+        "[[inputs]]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\n[[outputs]]\ntype = \"stdout\"\n",
+    );
+    let (code, text) = sheepdog_check(&good, &[]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("OK"), "{text}");
+}
+
+#[test]
+fn help_explains_run_and_check() {
+    let out = std::process::Command::new(sheepdog_binary())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("run") && text.contains("check"), "{text}");
+}
