@@ -2,6 +2,7 @@
 //! `submit` does the per-event work in the worker (encoding) and then awaits room in the
 //! output's own bounded queue, so a slow output applies backpressure to the pipeline.
 
+pub mod elasticsearch;
 pub mod file;
 pub mod stdout;
 
@@ -21,10 +22,11 @@ pub trait Output: Send + Sync {
 }
 
 /// Every output `type` the pipeline file accepts.
-pub const TYPES: &[&str] = &["stdout", "file"];
+pub const TYPES: &[&str] = &["elasticsearch", "stdout", "file"];
 
 #[derive(Debug, Clone)]
 pub enum OutputConfig {
+    Elasticsearch(elasticsearch::Config),
     Stdout(stdout::Config),
     File(file::Config),
 }
@@ -45,6 +47,7 @@ impl OutputConfig {
     ) -> Option<Self> {
         use crate::config::deserialize_at as de;
         Some(match kind {
+            "elasticsearch" => OutputConfig::Elasticsearch(de(value, path, problems)?),
             "stdout" => OutputConfig::Stdout(de(value, path, problems)?),
             "file" => OutputConfig::File(de(value, path, problems)?),
             _ => return None,
@@ -54,6 +57,7 @@ impl OutputConfig {
     /// Checks the configuration without starting anything.
     pub fn validate(&self, ctx: &BuildContext) -> Vec<Problem> {
         match self {
+            OutputConfig::Elasticsearch(c) => c.validate(ctx),
             OutputConfig::Stdout(c) => c.validate(ctx),
             OutputConfig::File(c) => c.validate(ctx),
         }
@@ -62,6 +66,7 @@ impl OutputConfig {
     /// Starts the output's task.
     pub async fn start(&self, id: &str, ctx: &BuildContext) -> anyhow::Result<Started> {
         match self {
+            OutputConfig::Elasticsearch(c) => c.start(id, ctx),
             OutputConfig::Stdout(c) => c.start(id, ctx),
             OutputConfig::File(c) => c.start(id, ctx).await,
         }

@@ -1,0 +1,234 @@
+//! Bulk encoding, done in the filter workers: each event becomes an action line and its document
+//! in a chunk buffer, with per-item byte ranges so single items can be resent or dead-lettered.
+//! Index names from a date-only template are rendered once per UTC day and cached with their
+//! prebuilt action line.
+
+use crate::event::Event;
+use crate::template::Template;
+use arc_swap::ArcSwap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+const DAY_MS: i64 = 86_400_000;
+/// Days kept in the cache; a batch rarely spans more than two (midnight, late events).
+const CACHED_DAYS: usize = 4;
+
+/// Encoded bulk items: `items[i]` ends at byte `ends[i]` of `buf`; each item is an action line
+/// and a document line.
+#[derive(Debug, Default)]
+pub struct Chunk {
+    pub buf: Vec<u8>,
+    pub ends: Vec<u32>,
+}
+
+impl Chunk {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of item `i` (action line and document line).
+    pub fn item(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.buf[start..self.ends[i] as usize]
+    }
+}
+
+/// An item split back into its parts, for the dead-letter file.
+pub struct ItemParts<'a> {
+    pub index: String,
+    /// The document as sent (one JSON object, no newline).
+    pub document: &'a [u8],
+}
+
+/// Splits an encoded item into its index name and document.
+pub fn split_item(item: &[u8]) -> ItemParts<'_> {
+    let newline = memchr::memchr(b'\n', item).unwrap_or(item.len());
+    let action = &item[..newline];
+    let mut document = item.get(newline + 1..).unwrap_or_default();
+    if document.last() == Some(&b'\n') {
+        document = &document[..document.len() - 1];
+    }
+    let index = serde_json::from_slice::<serde_json::Value>(action)
+        .ok()
+        .and_then(|v| v.get("index")?.get("_index")?.as_str().map(str::to_string))
+        .unwrap_or_default();
+    ItemParts { index, document }
+}
+
+/// Turns events into bulk items for one index template.
+pub struct Encoder {
+    index: Template,
+    /// `Some` when the index name depends only on the event day.
+    days: Option<ArcSwap<Vec<(i64, Arc<[u8]>)>>>,
+    day_renders: AtomicU64,
+}
+
+impl Encoder {
+    pub fn new(index: Template) -> Self {
+        let days = index
+            .depends_only_on_date()
+            .then(|| ArcSwap::from_pointee(Vec::new()));
+        Encoder {
+            index,
+            days,
+            day_renders: AtomicU64::new(0),
+        }
+    }
+
+    /// How many times a per-day action line was rendered (cache misses).
+    #[cfg(test)]
+    pub fn day_renders(&self) -> u64 {
+        self.day_renders.load(Ordering::Relaxed)
+    }
+
+    /// Appends every event to `chunk`. Events that cannot be serialised (never for documents
+    /// built from JSON) are skipped and counted in the return value.
+    pub fn encode(&self, events: &[&Event], chunk: &mut Chunk) -> usize {
+        let mut skipped = 0;
+        let mut scratch = String::new();
+        let mut cache = self.days.as_ref().map(|d| d.load_full());
+        for event in events {
+            let start = chunk.buf.len();
+            match (&self.days, &mut cache) {
+                (Some(days), Some(cache)) => {
+                    let day = event.timestamp_ms().div_euclid(DAY_MS);
+                    let line = match cache.iter().find(|(d, _)| *d == day) {
+                        Some((_, line)) => line.clone(),
+                        None => {
+                            let line = self.render_day(day);
+                            let mut next: Vec<(i64, Arc<[u8]>)> = Vec::with_capacity(CACHED_DAYS);
+                            next.push((day, line.clone()));
+                            next.extend(cache.iter().take(CACHED_DAYS - 1).cloned());
+                            let next = Arc::new(next);
+                            days.store(next.clone());
+                            *cache = next;
+                            line
+                        }
+                    };
+                    chunk.buf.extend_from_slice(&line);
+                }
+                _ => {
+                    scratch.clear();
+                    if self.index.render_into(event, &mut scratch).is_err() {
+                        // Like Logstash: a missing field leaves the reference in the name.
+                        scratch.clear();
+                        scratch.push_str(self.index.source());
+                    }
+                    write_action(&scratch, &mut chunk.buf);
+                }
+            }
+            if serde_json::to_writer(&mut chunk.buf, event.fields()).is_err() {
+                chunk.buf.truncate(start);
+                skipped += 1;
+                continue;
+            }
+            chunk.buf.push(b'\n');
+            chunk.ends.push(chunk.buf.len() as u32);
+        }
+        skipped
+    }
+
+    fn render_day(&self, day: i64) -> Arc<[u8]> {
+        self.day_renders.fetch_add(1, Ordering::Relaxed);
+        let mut name = String::new();
+        self.index.render_for_time(day * DAY_MS, &mut name);
+        let mut line = Vec::with_capacity(name.len() + 24);
+        write_action(&name, &mut line);
+        line.into()
+    }
+}
+
+fn write_action(index: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(br#"{"index":{"_index":"#);
+    // An index name is a JSON string; serde_json escapes what needs escaping.
+    let _ = serde_json::to_writer(&mut *out, index);
+    out.extend_from_slice(b"}}\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(v: serde_json::Value, ts: i64) -> Event {
+        Event::from_map(v.as_object().unwrap().clone(), ts)
+    }
+
+    // 2026-11-27T10:15:02.123Z and the next day
+    const DAY1: i64 = 1_795_774_502_123;
+    const DAY2: i64 = DAY1 + DAY_MS;
+
+    #[test]
+    fn encodes_exact_bytes_without_metadata() {
+        let enc = Encoder::new(Template::compile("logs-%{+YYYY.MM.dd}").unwrap());
+        let a = event(
+            json!({"@metadata": {"secret": 1}, "model": "gpt-4.1", "total_tokens": 12}),
+            DAY1,
+        );
+        let b = event(json!({"msg": "quote \" and\nnewline"}), DAY2);
+        let mut chunk = Chunk::default();
+        assert_eq!(enc.encode(&[&a, &b], &mut chunk), 0);
+        let want_a = concat!(
+            "{\"index\":{\"_index\":\"logs-2026.11.27\"}}\n",
+            "{\"@timestamp\":\"2026-11-27T10:15:02.123Z\",\"model\":\"gpt-4.1\",\"total_tokens\":12}\n",
+        );
+        let want_b = concat!(
+            "{\"index\":{\"_index\":\"logs-2026.11.28\"}}\n",
+            "{\"@timestamp\":\"2026-11-28T10:15:02.123Z\",\"msg\":\"quote \\\" and\\nnewline\"}\n",
+        );
+        assert_eq!(
+            String::from_utf8(chunk.buf.clone()).unwrap(),
+            format!("{want_a}{want_b}")
+        );
+        assert_eq!(chunk.len(), 2);
+        assert_eq!(chunk.item(0), want_a.as_bytes());
+        assert_eq!(chunk.item(1), want_b.as_bytes());
+        let parts = split_item(chunk.item(1));
+        assert_eq!(parts.index, "logs-2026.11.28");
+        assert_eq!(
+            parts.document,
+            br#"{"@timestamp":"2026-11-28T10:15:02.123Z","msg":"quote \" and\nnewline"}"#
+        );
+    }
+
+    #[test]
+    fn renders_each_day_once() {
+        let enc = Encoder::new(Template::compile("logs-%{+YYYY.MM.dd}").unwrap());
+        let events: Vec<Event> = (0..100)
+            .map(|i| event(json!({"i": i}), if i % 2 == 0 { DAY1 } else { DAY2 + i }))
+            .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        let mut chunk = Chunk::default();
+        enc.encode(&refs, &mut chunk);
+        enc.encode(&refs, &mut chunk);
+        assert_eq!(enc.day_renders(), 2);
+        assert_eq!(chunk.len(), 200);
+        assert!(split_item(chunk.item(0)).index.ends_with("11.27"));
+        assert!(split_item(chunk.item(1)).index.ends_with("11.28"));
+        // Before the epoch the day still rounds down.
+        let old = event(json!({}), -1);
+        let mut chunk = Chunk::default();
+        enc.encode(&[&old], &mut chunk);
+        assert_eq!(split_item(chunk.item(0)).index, "logs-1969.12.31");
+        assert_eq!(enc.day_renders(), 3);
+    }
+
+    #[test]
+    fn field_templates_render_per_event() {
+        let enc = Encoder::new(Template::compile("logs-%{[service]}-%{+YYYY}").unwrap());
+        let a = event(json!({"service": "api"}), DAY1);
+        let b = event(json!({}), DAY1);
+        let mut chunk = Chunk::default();
+        enc.encode(&[&a, &b], &mut chunk);
+        assert_eq!(split_item(chunk.item(0)).index, "logs-api-2026");
+        assert_eq!(
+            split_item(chunk.item(1)).index,
+            "logs-%{[service]}-%{+YYYY}"
+        );
+        assert_eq!(enc.day_renders(), 0);
+    }
+}

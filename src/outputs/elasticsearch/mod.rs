@@ -1,0 +1,622 @@
+//! `elasticsearch`: bulk-indexes events into (daily) indices, like Logstash's elasticsearch
+//! output. Workers encode in `submit`; one task batches chunks into bulk requests with a few in
+//! flight, retries what the cluster pushes back on, and dead-letters what it refuses.
+
+mod dead_letter;
+mod encoder;
+mod retry;
+mod service;
+mod sink;
+mod template;
+
+use super::{BoxFuture, Output, Started};
+use crate::config::{de, Problem};
+use crate::event::Event;
+use crate::template::Template;
+use crate::BuildContext;
+use anyhow::Context;
+use encoder::{Chunk, Encoder};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Cluster URLs, an array or a comma-separated string (`"${ES_HOSTS}"`); requests go
+    /// round-robin and fail over. A URL without a scheme gets `http://`.
+    #[serde(deserialize_with = "de::string_list")]
+    pub hosts: Vec<String>,
+    /// Basic-auth user; used only when `password` is not empty.
+    #[serde(default)]
+    pub user: String,
+    /// Basic-auth password; empty means no basic auth.
+    #[serde(default)]
+    pub password: String,
+    /// An API key (the base64 `id:key` form) sent as `Authorization: ApiKey ...`.
+    #[serde(default)]
+    pub api_key: String,
+    /// Index name template, e.g. `holysheep-logs-%{+YYYY.MM.dd}` (UTC day of `@timestamp`).
+    pub index: String,
+    /// Install the index template at start-up. Default true.
+    #[serde(default = "d_true", deserialize_with = "de::from_str_or_value")]
+    pub manage_template: bool,
+    /// Name of the composable index template. Default: `index` up to its first `%{`, trimmed of
+    /// `-`, `_` and `.`.
+    #[serde(default)]
+    pub template_name: String,
+    /// Index pattern the template applies to. Default: that prefix followed by `-*`.
+    #[serde(default)]
+    pub template_pattern: String,
+    /// Replace a template of the same name that is already installed. Default false (like
+    /// Logstash: an operator's edited template is kept).
+    #[serde(default, deserialize_with = "de::from_str_or_value")]
+    pub template_overwrite: bool,
+    /// Where refused documents are appended. Default `<data_dir>/dead_letter.ndjson`.
+    #[serde(default)]
+    pub dead_letter_path: Option<PathBuf>,
+    /// Most documents in one bulk request. Default 5000.
+    #[serde(default = "d_batch_events", deserialize_with = "de::from_str_or_value")]
+    pub batch_max_events: usize,
+    /// Most bytes (uncompressed) in one bulk request, e.g. `"10MiB"`. Default 10MiB.
+    #[serde(default = "d_batch_bytes", deserialize_with = "de::bytes")]
+    pub batch_max_bytes: u64,
+    /// Longest an event waits for its batch to fill. Default `1s`.
+    #[serde(default = "d_flush", deserialize_with = "de::duration")]
+    pub flush_interval: Duration,
+    /// Bulk requests in flight at once. Default 4.
+    #[serde(default = "d_in_flight", deserialize_with = "de::from_str_or_value")]
+    pub max_in_flight: usize,
+    /// Events held by this output (queued, in flight or being retried) before `submit` waits.
+    /// Default 20000.
+    #[serde(default = "d_queue", deserialize_with = "de::from_str_or_value")]
+    pub queue_max_events: usize,
+    /// `none` or `gzip` for request bodies. Default `none`.
+    #[serde(default = "d_compression")]
+    pub compression: String,
+    /// Attempts after the first before undelivered documents go to the dead-letter file.
+    /// Default: retry forever.
+    #[serde(default, deserialize_with = "opt_u32")]
+    pub max_retries: Option<u32>,
+    /// First retry delay, doubled per attempt. Default `100ms`.
+    #[serde(default = "d_backoff_initial", deserialize_with = "de::duration")]
+    pub retry_initial_backoff: Duration,
+    /// Longest retry delay. Default `10s`.
+    #[serde(default = "d_backoff_max", deserialize_with = "de::duration")]
+    pub retry_max_backoff: Duration,
+    /// Timeout of one HTTP request. Default `60s`.
+    #[serde(default = "d_timeout", deserialize_with = "de::duration")]
+    pub request_timeout: Duration,
+    /// PEM file with the CA certificate(s) to trust for `https://` hosts.
+    #[serde(default)]
+    pub tls_ca: Option<PathBuf>,
+    /// Accept any server certificate (testing only). Default false.
+    #[serde(default, deserialize_with = "de::from_str_or_value")]
+    pub tls_skip_verify: bool,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_batch_events() -> usize {
+    5000
+}
+fn d_batch_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+fn d_flush() -> Duration {
+    Duration::from_secs(1)
+}
+fn d_in_flight() -> usize {
+    4
+}
+fn d_queue() -> usize {
+    20_000
+}
+fn d_compression() -> String {
+    "none".into()
+}
+fn d_backoff_initial() -> Duration {
+    Duration::from_millis(100)
+}
+fn d_backoff_max() -> Duration {
+    Duration::from_secs(10)
+}
+fn d_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    de::from_str_or_value(d).map(Some)
+}
+
+/// The settings the running output uses, all checked.
+struct Settings {
+    service: service::ServiceConfig,
+    index: Template,
+    template: Option<TemplateInstall>,
+    dead_letter_path: PathBuf,
+    batch_max_events: usize,
+    batch_max_bytes: usize,
+    flush_interval: Duration,
+    max_in_flight: usize,
+    queue_max_events: usize,
+    max_retries: Option<u32>,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+}
+
+struct TemplateInstall {
+    name: String,
+    pattern: String,
+    overwrite: bool,
+}
+
+impl Config {
+    pub fn validate(&self, ctx: &BuildContext) -> Vec<Problem> {
+        match self.settings(ctx) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems,
+        }
+    }
+
+    fn hosts(&self, problems: &mut Vec<Problem>) -> Vec<String> {
+        if self.hosts.is_empty() {
+            problems.push(Problem::at("hosts", "no Elasticsearch host given").hint(
+                "set hosts = \"http://localhost:9200\" (or ES_HOSTS for the shipped pipeline)",
+            ));
+        }
+        let mut out = Vec::new();
+        for host in &self.hosts {
+            let with_scheme = if host.contains("://") {
+                host.clone()
+            } else {
+                format!("http://{host}")
+            };
+            match reqwest::Url::parse(&with_scheme) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                    if url.query().is_some() {
+                        problems.push(
+                            Problem::at("hosts", format!("host `{host}` has a query string"))
+                                .hint("give the base URL only, e.g. https://es1:9200"),
+                        );
+                    }
+                    out.push(with_scheme.trim_end_matches('/').to_string());
+                }
+                Ok(url) => problems.push(
+                    Problem::at(
+                        "hosts",
+                        format!(
+                            "host `{host}` is not an http(s) URL (scheme `{}`)",
+                            url.scheme()
+                        ),
+                    )
+                    .hint("write e.g. http://localhost:9200 or https://es1:9200"),
+                ),
+                Err(e) => problems.push(
+                    Problem::at("hosts", format!("host `{host}` is not a URL: {e}"))
+                        .hint("write e.g. http://localhost:9200 or https://es1:9200"),
+                ),
+            }
+        }
+        out
+    }
+
+    fn settings(&self, ctx: &BuildContext) -> Result<Settings, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let hosts = self.hosts(&mut problems);
+        let index = match Template::compile(&self.index) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(
+                    Problem::at("index", format!("bad index template `{}`: {e}", self.index))
+                        .hint("e.g. \"holysheep-logs-%{+YYYY.MM.dd}\""),
+                );
+                None
+            }
+        };
+        if self.index.trim().is_empty() {
+            problems.push(
+                Problem::at("index", "the index name is empty")
+                    .hint("e.g. \"holysheep-logs-%{+YYYY.MM.dd}\""),
+            );
+        } else if self.index.chars().any(|c| c.is_ascii_uppercase()) && !self.index.contains("%{") {
+            problems.push(
+                Problem::at(
+                    "index",
+                    format!("index `{}` has upper-case letters", self.index),
+                )
+                .hint("Elasticsearch index names must be lower case"),
+            );
+        }
+        let authorization = if !self.api_key.is_empty() {
+            if !self.password.is_empty() {
+                problems.push(
+                    Problem::at("api_key", "both `api_key` and `password` are set")
+                        .hint("use either an API key or basic auth (user/password)"),
+                );
+            }
+            Some(format!("ApiKey {}", self.api_key))
+        } else if !self.password.is_empty() {
+            if self.user.is_empty() {
+                problems.push(
+                    Problem::at("user", "`password` is set but `user` is empty")
+                        .hint("set user = \"elastic\" (or the user the password belongs to)"),
+                );
+            }
+            use base64::Engine;
+            Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", self.user, self.password))
+            ))
+        } else {
+            None
+        };
+        let gzip = match self.compression.as_str() {
+            "none" | "" => false,
+            "gzip" => true,
+            other => {
+                problems.push(
+                    Problem::at("compression", format!("unknown compression `{other}`"))
+                        .hint("use \"none\" or \"gzip\""),
+                );
+                false
+            }
+        };
+        let tls_ca_pem = match &self.tls_ca {
+            None => None,
+            Some(path) => match std::fs::read(path) {
+                Ok(pem) => {
+                    if reqwest::Certificate::from_pem_bundle(&pem).map_or(true, |c| c.is_empty()) {
+                        problems.push(
+                            Problem::at(
+                                "tls_ca",
+                                format!("`{}` holds no PEM certificate", path.display()),
+                            )
+                            .hint("point it at the cluster's CA certificate (http_ca.crt)"),
+                        );
+                    }
+                    Some(pem)
+                }
+                Err(e) => {
+                    problems.push(
+                        Problem::at("tls_ca", format!("cannot read `{}`: {e}", path.display()))
+                            .hint("point it at the cluster's CA certificate (http_ca.crt)"),
+                    );
+                    None
+                }
+            },
+        };
+        for (key, value) in [
+            ("batch_max_events", self.batch_max_events),
+            ("max_in_flight", self.max_in_flight),
+            ("queue_max_events", self.queue_max_events),
+        ] {
+            if value == 0 {
+                problems.push(Problem::at(key, "must be at least 1"));
+            }
+        }
+        if self.batch_max_bytes == 0 {
+            problems.push(Problem::at("batch_max_bytes", "must be greater than zero"));
+        }
+        if self.flush_interval.is_zero() {
+            problems.push(
+                Problem::at("flush_interval", "must be greater than zero").hint("e.g. \"1s\""),
+            );
+        }
+        if self.request_timeout.is_zero() {
+            problems.push(
+                Problem::at("request_timeout", "must be greater than zero").hint("e.g. \"60s\""),
+            );
+        }
+        if self.retry_initial_backoff.is_zero()
+            || self.retry_max_backoff < self.retry_initial_backoff
+        {
+            problems.push(
+                Problem::at(
+                    "retry_max_backoff",
+                    "retry backoffs must be positive with retry_max_backoff >= retry_initial_backoff",
+                )
+                .hint("e.g. retry_initial_backoff = \"100ms\", retry_max_backoff = \"10s\""),
+            );
+        }
+        let prefix = self
+            .index
+            .split("%{")
+            .next()
+            .unwrap_or_default()
+            .trim_end_matches(['-', '_', '.'])
+            .to_string();
+        let template = if self.manage_template {
+            let name = if self.template_name.is_empty() {
+                prefix.clone()
+            } else {
+                self.template_name.clone()
+            };
+            let pattern = if self.template_pattern.is_empty() {
+                format!("{prefix}-*")
+            } else {
+                self.template_pattern.clone()
+            };
+            if name.is_empty() {
+                problems.push(
+                    Problem::at(
+                        "template_name",
+                        "cannot derive a template name from `index`",
+                    )
+                    .hint("set template_name, or manage_template = false"),
+                );
+            }
+            if pattern.is_empty() || pattern == "-*" {
+                problems.push(
+                    Problem::at(
+                        "template_pattern",
+                        "cannot derive an index pattern from `index`",
+                    )
+                    .hint("set template_pattern = \"myindex-*\", or manage_template = false"),
+                );
+            }
+            Some(TemplateInstall {
+                name,
+                pattern,
+                overwrite: self.template_overwrite,
+            })
+        } else {
+            None
+        };
+        let dead_letter_path = self
+            .dead_letter_path
+            .clone()
+            .unwrap_or_else(|| ctx.data_dir.join("dead_letter.ndjson"));
+        if dead_letter_path.as_os_str().is_empty() || dead_letter_path.is_dir() {
+            problems.push(
+                Problem::at(
+                    "dead_letter_path",
+                    format!("`{}` is not a file path", dead_letter_path.display()),
+                )
+                .hint("e.g. \"data/dead_letter.ndjson\""),
+            );
+        }
+        match (problems.is_empty(), index) {
+            (true, Some(index)) => Ok(Settings {
+                service: service::ServiceConfig {
+                    hosts,
+                    authorization,
+                    request_timeout: self.request_timeout,
+                    gzip,
+                    tls_ca_pem,
+                    tls_skip_verify: self.tls_skip_verify,
+                    dead_host_pause: self.retry_max_backoff.min(Duration::from_secs(5)),
+                },
+                index,
+                template,
+                dead_letter_path,
+                batch_max_events: self.batch_max_events,
+                batch_max_bytes: usize::try_from(self.batch_max_bytes).unwrap_or(usize::MAX),
+                flush_interval: self.flush_interval,
+                max_in_flight: self.max_in_flight,
+                queue_max_events: self.queue_max_events,
+                max_retries: self.max_retries,
+                backoff_initial: self.retry_initial_backoff,
+                backoff_max: self.retry_max_backoff,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    pub fn start(&self, id: &str, ctx: &BuildContext) -> anyhow::Result<Started> {
+        let settings = self.settings(ctx).map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            anyhow::anyhow!("{}", text.join("; "))
+        })?;
+        let service = service::Service::new(&settings.service)
+            .with_context(|| format!("output `{id}`: cannot build the HTTP client"))?;
+        let (tx, rx) = mpsc::channel(settings.queue_max_events.clamp(1, 4096));
+        let permits = Arc::new(Semaphore::new(settings.queue_max_events));
+        let metrics = sink::Metrics::register(id, ctx);
+        let encoder = Encoder::new(settings.index.clone());
+        let output = ElasticsearchOutput {
+            encoder,
+            tx,
+            permits,
+            capacity: settings.queue_max_events,
+            avg_item_bytes: AtomicUsize::new(512),
+            queued: metrics.queued.clone(),
+            skipped: metrics.failed.clone(),
+        };
+        tracing::info!(
+            output = id,
+            hosts = ?settings.service.hosts,
+            index = %settings.index.source(),
+            dead_letter = %settings.dead_letter_path.display(),
+            "elasticsearch output starting"
+        );
+        let task = tokio::spawn(sink::run(
+            sink::Sink::new(id, settings, service, metrics, ctx),
+            rx,
+        ));
+        Ok(Started {
+            output: Box::new(output),
+            task,
+        })
+    }
+}
+
+/// Encoded items on their way to the sink, holding their share of the output's capacity until
+/// they are delivered or dead-lettered.
+pub(crate) struct Pending {
+    pub chunk: Chunk,
+    _permit: OwnedSemaphorePermit,
+    queued: crate::metrics::Gauge,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.queued.sub(self.chunk.len() as i64);
+    }
+}
+
+struct ElasticsearchOutput {
+    encoder: Encoder,
+    tx: mpsc::Sender<Pending>,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    /// Running estimate of an item's size, to size chunk buffers in one allocation.
+    avg_item_bytes: AtomicUsize,
+    queued: crate::metrics::Gauge,
+    skipped: crate::metrics::Counter,
+}
+
+impl Output for ElasticsearchOutput {
+    fn submit<'a>(&'a self, events: &'a [&'a Event]) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if events.is_empty() {
+                return;
+            }
+            let avg = self.avg_item_bytes.load(Ordering::Relaxed);
+            let mut chunk = Chunk {
+                buf: Vec::with_capacity(events.len() * (avg + avg / 8)),
+                ends: Vec::with_capacity(events.len()),
+            };
+            let skipped = self.encoder.encode(events, &mut chunk);
+            if skipped > 0 {
+                self.skipped.add(skipped as u64);
+                tracing::error!(
+                    skipped,
+                    "events could not be serialised for Elasticsearch and were dropped"
+                );
+            }
+            if chunk.is_empty() {
+                return;
+            }
+            self.avg_item_bytes
+                .store(chunk.buf.len() / chunk.len(), Ordering::Relaxed);
+            let want = chunk.len().min(self.capacity) as u32;
+            let Ok(permit) = self.permits.clone().acquire_many_owned(want).await else {
+                return;
+            };
+            self.queued.add(chunk.len() as i64);
+            let pending = Pending {
+                chunk,
+                _permit: permit,
+                queued: self.queued.clone(),
+            };
+            if self.tx.send(pending).await.is_err() {
+                tracing::error!("elasticsearch output task has stopped; events were not delivered");
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_util::sync::CancellationToken;
+
+    fn ctx() -> BuildContext {
+        BuildContext::new(
+            PathBuf::from("/tmp/sheepdog-data"),
+            CancellationToken::new(),
+        )
+    }
+
+    fn parse(toml_text: &str) -> Result<Config, String> {
+        toml::from_str(toml_text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn shipped_keys_and_defaults() {
+        let c = parse(
+            r#"
+            hosts = "http://a:9200, b:9200/"
+            user = "elastic"
+            password = ""
+            index = "holysheep-logs-%{+YYYY.MM.dd}"
+            template_name = "holysheep-logs"
+            template_pattern = "holysheep-logs-*"
+            dead_letter_path = "data/dead_letter.ndjson"
+            "#,
+        )
+        .unwrap();
+        let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(s.service.hosts, ["http://a:9200", "http://b:9200"]);
+        assert_eq!(
+            s.service.authorization, None,
+            "empty password means no auth"
+        );
+        assert_eq!(s.batch_max_events, 5000);
+        assert_eq!(s.max_in_flight, 4);
+        assert_eq!(s.max_retries, None);
+        assert_eq!(s.dead_letter_path, PathBuf::from("data/dead_letter.ndjson"));
+        let t = s.template.unwrap();
+        assert_eq!(
+            (t.name.as_str(), t.pattern.as_str()),
+            ("holysheep-logs", "holysheep-logs-*")
+        );
+
+        let c = parse("hosts = [\"https://es:9200\"]\nindex = \"app-%{+YYYY.MM.dd}\"\nuser = \"elastic\"\npassword = \"pw\"\nmax_retries = \"3\"").unwrap();
+        let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(
+            s.service.authorization.as_deref(),
+            Some("Basic ZWxhc3RpYzpwdw==")
+        );
+        assert_eq!(s.max_retries, Some(3));
+        assert_eq!(
+            s.dead_letter_path,
+            PathBuf::from("/tmp/sheepdog-data/dead_letter.ndjson")
+        );
+        let t = s.template.unwrap();
+        assert_eq!((t.name.as_str(), t.pattern.as_str()), ("app", "app-*"));
+
+        let c = parse("hosts = \"es:9200\"\nindex = \"x\"\napi_key = \"abc\"").unwrap();
+        let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
+        assert_eq!(s.service.authorization.as_deref(), Some("ApiKey abc"));
+    }
+
+    #[test]
+    fn problems_name_the_key_and_a_fix() {
+        let c = parse(
+            r#"
+            hosts = "ftp://x, "
+            index = "logs-%{+YYYY.MM.dd"
+            api_key = "k"
+            password = "p"
+            compression = "zstd"
+            max_in_flight = 0
+            "#,
+        )
+        .unwrap();
+        let problems = c.validate(&ctx());
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+        assert!(
+            has("error: hosts: host `ftp://x` is not an http(s) URL"),
+            "{text:#?}"
+        );
+        assert!(has("error: index: bad index template"), "{text:#?}");
+        assert!(
+            has("error: api_key: both `api_key` and `password` are set"),
+            "{text:#?}"
+        );
+        assert!(
+            has("error: compression: unknown compression `zstd` (hint: use \"none\" or \"gzip\")"),
+            "{text:#?}"
+        );
+        assert!(has("error: max_in_flight: must be at least 1"), "{text:#?}");
+        assert_eq!(problems.len(), 5, "{text:#?}");
+
+        let c = parse("hosts = \"\"\nindex = \"x\"").unwrap();
+        let text = c.validate(&ctx())[0].to_string();
+        assert!(
+            text.starts_with("error: hosts: no Elasticsearch host given"),
+            "{text}"
+        );
+
+        let err = parse("hosts = \"a\"\nindex = \"x\"\nbatch_size = 5").unwrap_err();
+        assert!(err.contains("unknown field `batch_size`"), "{err}");
+    }
+}

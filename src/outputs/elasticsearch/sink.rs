@@ -1,0 +1,481 @@
+//! The output task: installs the index template (retrying until the cluster answers), then
+//! gathers chunks into bulk requests by count, size and age, keeps at most `max_in_flight`
+//! requests running, and sees each one through: resending what the cluster pushed back on with
+//! backoff, dead-lettering what it refused, reporting health and metrics.
+
+use super::dead_letter::{DeadLetterFile, Letter};
+use super::encoder::split_item;
+use super::retry::{self, Verdict};
+use super::service::{Reply, Service, TransportError};
+use super::{Pending, Settings};
+use crate::health::{HealthHandle, Status};
+use crate::metrics::{Counter, Gauge, Histogram, LATENCY_BOUNDS};
+use crate::BuildContext;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+/// The output's metrics, registered once.
+#[derive(Clone)]
+pub struct Metrics {
+    pub indexed: Counter,
+    pub dead_lettered: Counter,
+    /// Documents lost: not serialisable, or refused and not writable to the dead-letter file.
+    pub failed: Counter,
+    pub retried_docs: Counter,
+    pub retries: Counter,
+    pub bulk_ok: Counter,
+    pub bulk_partial: Counter,
+    pub bulk_retry: Counter,
+    pub bulk_unreachable: Counter,
+    pub bulk_rejected: Counter,
+    pub bulk_seconds: Histogram,
+    pub in_flight: Gauge,
+    pub queued: Gauge,
+}
+
+impl Metrics {
+    pub fn register(id: &str, ctx: &BuildContext) -> Self {
+        let m = &ctx.metrics;
+        let l = [("output", id)];
+        let docs = |outcome: &str, help: &str| {
+            m.counter(
+                "sheepdog_es_documents_total",
+                help,
+                &[("output", id), ("outcome", outcome)],
+            )
+        };
+        let bulk = |outcome: &str| {
+            m.counter(
+                "sheepdog_es_bulk_requests_total",
+                "Bulk requests by outcome (ok, partial: some items retried or refused, retry: whole request to resend, unreachable: no answer, rejected: refused whole)",
+                &[("output", id), ("outcome", outcome)],
+            )
+        };
+        let docs_help = "Documents by outcome (indexed, dead_lettered, failed, retried)";
+        Metrics {
+            indexed: docs("indexed", docs_help),
+            dead_lettered: docs("dead_lettered", docs_help),
+            failed: docs("failed", docs_help),
+            retried_docs: docs("retried", docs_help),
+            retries: m.counter(
+                "sheepdog_es_retries_total",
+                "Bulk attempts that were resent after a failure",
+                &l,
+            ),
+            bulk_ok: bulk("ok"),
+            bulk_partial: bulk("partial"),
+            bulk_retry: bulk("retry"),
+            bulk_unreachable: bulk("unreachable"),
+            bulk_rejected: bulk("rejected"),
+            bulk_seconds: m.histogram(
+                "sheepdog_es_bulk_duration_seconds",
+                "Time from sending a bulk request to its reply",
+                &l,
+                LATENCY_BOUNDS,
+            ),
+            in_flight: m.gauge(
+                "sheepdog_es_bulk_in_flight",
+                "Bulk requests being sent or awaiting a retry",
+                &l,
+            ),
+            queued: m.gauge(
+                "sheepdog_es_queued_events",
+                "Events held by the output (queued, in flight or awaiting a retry)",
+                &l,
+            ),
+        }
+    }
+}
+
+/// Everything a bulk task needs, shared.
+pub struct Sink {
+    id: String,
+    settings: Settings,
+    service: Service,
+    metrics: Metrics,
+    health: HealthHandle,
+    dead_letters: DeadLetterFile,
+}
+
+impl Sink {
+    pub fn new(
+        id: &str,
+        settings: Settings,
+        service: Service,
+        metrics: Metrics,
+        ctx: &BuildContext,
+    ) -> Arc<Self> {
+        let dead_letters = DeadLetterFile::new(settings.dead_letter_path.clone());
+        Arc::new(Sink {
+            id: id.to_string(),
+            health: ctx.health.register(format!("output {id}")),
+            settings,
+            service,
+            metrics,
+            dead_letters,
+        })
+    }
+
+    fn jitter() -> f64 {
+        rand::random::<f64>()
+    }
+
+    async fn pause(&self, attempt: u32) {
+        let s = &self.settings;
+        tokio::time::sleep(retry::backoff(
+            attempt,
+            s.backoff_initial,
+            s.backoff_max,
+            Self::jitter(),
+        ))
+        .await;
+    }
+
+    fn unreachable(&self, e: &TransportError) {
+        self.health.set(Status::Down, e.reason.clone());
+    }
+
+    /// Makes sure the index template exists before the first document is indexed, so daily
+    /// indices get the right mappings. Waits (with backoff) for the cluster to answer.
+    async fn install_template(&self) {
+        let mut attempt = 0;
+        loop {
+            let result = match &self.settings.template {
+                Some(t) => self.try_install_template(t).await,
+                // Nothing to install: a GET / tells whether the cluster is reachable, for /health.
+                None => self
+                    .service
+                    .send(reqwest::Method::GET, "/", None, "")
+                    .await
+                    .map(|_| ())
+                    .map_err(TemplateError::Unreachable),
+            };
+            match result {
+                Ok(()) => {
+                    self.health.ok();
+                    return;
+                }
+                Err(TemplateError::Unreachable(e)) => {
+                    if attempt == 0 {
+                        tracing::warn!(output = %self.id, reason = %e.reason, "Elasticsearch is unreachable; holding events until it answers");
+                    }
+                    self.unreachable(&e);
+                }
+                Err(TemplateError::Refused(reason)) => {
+                    if retry::is_retryable_status(reason.0) || matches!(reason.0, 401 | 403) {
+                        self.health.set(
+                            Status::Down,
+                            format!("index template install: HTTP {}: {}", reason.0, reason.1),
+                        );
+                    } else {
+                        // A template the cluster will not take is an operator's problem, not a
+                        // reason to stop indexing.
+                        tracing::error!(output = %self.id, status = reason.0, reason = %reason.1, "index template refused; indexing with the cluster's mappings");
+                        self.health.set(
+                            Status::Degraded,
+                            format!("index template refused: HTTP {}: {}", reason.0, reason.1),
+                        );
+                        return;
+                    }
+                }
+            }
+            self.pause(attempt).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    async fn try_install_template(&self, t: &super::TemplateInstall) -> Result<(), TemplateError> {
+        let path = format!("/_index_template/{}", t.name);
+        if !t.overwrite {
+            let reply = self
+                .service
+                .send(reqwest::Method::HEAD, &path, None, "")
+                .await
+                .map_err(TemplateError::Unreachable)?;
+            match reply.status {
+                200 => {
+                    tracing::info!(output = %self.id, template = %t.name, "index template already installed; keeping it (template_overwrite = false)");
+                    return Ok(());
+                }
+                404 => {}
+                status => return Err(refused(&reply, status)),
+            }
+        }
+        let body = serde_json::to_vec(&super::template::body(&t.pattern)).unwrap_or_default();
+        let reply = self
+            .service
+            .send(reqwest::Method::PUT, &path, Some(body), "application/json")
+            .await
+            .map_err(TemplateError::Unreachable)?;
+        if (200..300).contains(&reply.status) {
+            tracing::info!(output = %self.id, template = %t.name, pattern = %t.pattern, host = %reply.host, "index template installed");
+            Ok(())
+        } else {
+            Err(refused(&reply, reply.status))
+        }
+    }
+
+    /// Sends one batch until every item is indexed or dead-lettered (or, with `max_retries`,
+    /// out of attempts, which dead-letters the rest).
+    async fn deliver(self: Arc<Self>, batch: Vec<Pending>) {
+        self.metrics.in_flight.add(1);
+        let items: Vec<(u32, u32)> = batch
+            .iter()
+            .enumerate()
+            .flat_map(|(c, p)| (0..p.chunk.len() as u32).map(move |i| (c as u32, i)))
+            .collect();
+        // Work list: item sets still to send (a 413 splits one into two).
+        let mut work = vec![items];
+        while let Some(items) = work.pop() {
+            self.deliver_items(&batch, items, &mut work).await;
+        }
+        self.metrics.in_flight.sub(1);
+        // Dropping `batch` releases the output's capacity for these events.
+    }
+
+    async fn deliver_items(
+        &self,
+        batch: &[Pending],
+        mut items: Vec<(u32, u32)>,
+        work: &mut Vec<Vec<(u32, u32)>>,
+    ) {
+        let item = |&(c, i): &(u32, u32)| batch[c as usize].chunk.item(i as usize);
+        let whole_batch = items.len() == batch.iter().map(|p| p.chunk.len()).sum::<usize>();
+        let mut attempt: u32 = 0;
+        loop {
+            let body = if whole_batch && attempt == 0 {
+                let mut body = Vec::with_capacity(batch.iter().map(|p| p.chunk.buf.len()).sum());
+                for p in batch {
+                    body.extend_from_slice(&p.chunk.buf);
+                }
+                body
+            } else {
+                let mut body = Vec::with_capacity(items.iter().map(|x| item(x).len()).sum());
+                for x in &items {
+                    body.extend_from_slice(item(x));
+                }
+                body
+            };
+            let started = Instant::now();
+            let result = self.service.bulk(body).await;
+            self.metrics
+                .bulk_seconds
+                .observe(started.elapsed().as_secs_f64());
+            let reason = match result {
+                Err(e) => {
+                    self.metrics.bulk_unreachable.inc();
+                    self.unreachable(&e);
+                    tracing::warn!(output = %self.id, host = %e.host, reason = %e.reason, documents = items.len(), attempt, "bulk request failed; will retry");
+                    e.reason
+                }
+                Ok(reply) => match retry::classify(reply.status, &reply.body, items.len()) {
+                    Verdict::AllIndexed => {
+                        self.metrics.bulk_ok.inc();
+                        self.metrics.indexed.add(items.len() as u64);
+                        self.health.ok();
+                        return;
+                    }
+                    Verdict::Items {
+                        retry: to_retry,
+                        rejected,
+                    } => {
+                        self.metrics.bulk_partial.inc();
+                        self.health.ok();
+                        let done = items.len() - to_retry.len() - rejected.len();
+                        self.metrics.indexed.add(done as u64);
+                        if !rejected.is_empty() {
+                            let letters: Vec<(usize, u16, &str, &str)> = rejected
+                                .iter()
+                                .map(|r| {
+                                    (r.item, r.status, r.error_type.as_str(), r.reason.as_str())
+                                })
+                                .collect();
+                            self.dead_letter(&letters, &items, batch);
+                        }
+                        if to_retry.is_empty() {
+                            return;
+                        }
+                        self.metrics.retried_docs.add(to_retry.len() as u64);
+                        tracing::warn!(output = %self.id, documents = to_retry.len(), attempt, "Elasticsearch pushed back on some documents; resending them");
+                        items = to_retry.into_iter().map(|i| items[i]).collect();
+                        format!("{} documents pushed back", items.len())
+                    }
+                    Verdict::RetryAll { reason } => {
+                        self.metrics.bulk_retry.inc();
+                        let reason = format!("bulk to {} failed: {reason}", reply.host);
+                        if reply.status == 429 {
+                            self.health.set(Status::Degraded, reason.clone());
+                        } else {
+                            self.health.set(Status::Down, reason.clone());
+                        }
+                        tracing::warn!(output = %self.id, status = reply.status, reason = %reason, documents = items.len(), attempt, "bulk request not accepted; will retry");
+                        reason
+                    }
+                    Verdict::Split if items.len() > 1 => {
+                        self.metrics.bulk_retry.inc();
+                        tracing::warn!(output = %self.id, documents = items.len(), "bulk request too large (413); splitting it");
+                        let second = items.split_off(items.len() / 2);
+                        work.push(second);
+                        work.push(items);
+                        return;
+                    }
+                    Verdict::Split => {
+                        self.metrics.bulk_rejected.inc();
+                        let reason = "document larger than the cluster's http.max_content_length";
+                        self.dead_letter(
+                            &[(0, 413, "request_entity_too_large", reason)],
+                            &items,
+                            batch,
+                        );
+                        return;
+                    }
+                    Verdict::RejectAll { status, reason } => {
+                        self.metrics.bulk_rejected.inc();
+                        tracing::error!(output = %self.id, status, reason = %reason, documents = items.len(), "bulk request refused; dead-lettering its documents");
+                        let letters: Vec<(usize, u16, &str, &str)> = (0..items.len())
+                            .map(|i| (i, status, "bulk_request_refused", reason.as_str()))
+                            .collect();
+                        self.dead_letter(&letters, &items, batch);
+                        return;
+                    }
+                },
+            };
+            if let Some(max) = self.settings.max_retries {
+                if attempt >= max {
+                    let why = format!("gave up after {} attempts: {reason}", attempt + 1);
+                    tracing::error!(output = %self.id, documents = items.len(), reason = %why, "dead-lettering undelivered documents (max_retries)");
+                    let letters: Vec<(usize, u16, &str, &str)> = (0..items.len())
+                        .map(|i| (i, 0, "retries_exhausted", why.as_str()))
+                        .collect();
+                    self.dead_letter(&letters, &items, batch);
+                    return;
+                }
+            }
+            self.metrics.retries.inc();
+            self.pause(attempt).await;
+            attempt = attempt.saturating_add(1);
+        }
+    }
+
+    /// Writes refused items (positions in `items`) to the dead-letter file.
+    fn dead_letter(
+        &self,
+        letters: &[(usize, u16, &str, &str)],
+        items: &[(u32, u32)],
+        batch: &[Pending],
+    ) {
+        let parts: Vec<_> = letters
+            .iter()
+            .map(|&(pos, ..)| {
+                let (c, i) = items[pos];
+                split_item(batch[c as usize].chunk.item(i as usize))
+            })
+            .collect();
+        let lines: Vec<Letter<'_>> = letters
+            .iter()
+            .zip(&parts)
+            .map(|(&(_, status, error_type, reason), p)| Letter {
+                index: &p.index,
+                status,
+                error_type,
+                reason,
+                document: p.document,
+            })
+            .collect();
+        for l in lines.iter().take(3) {
+            tracing::warn!(output = %self.id, index = %l.index, status = l.status, error = %l.error_type, reason = %l.reason, "document refused; written to the dead-letter file");
+        }
+        match self.dead_letters.write(&lines) {
+            Ok(()) => self.metrics.dead_lettered.add(lines.len() as u64),
+            Err(e) => {
+                self.metrics.failed.add(lines.len() as u64);
+                tracing::error!(output = %self.id, path = %self.dead_letters.path().display(), error = %e, documents = lines.len(), "cannot write the dead-letter file; refused documents are lost");
+            }
+        }
+    }
+}
+
+enum TemplateError {
+    Unreachable(TransportError),
+    Refused((u16, String)),
+}
+
+fn refused(reply: &Reply, status: u16) -> TemplateError {
+    TemplateError::Refused((status, retry::error_summary(&reply.body)))
+}
+
+/// Chunks waiting to become one bulk request.
+struct Gathering {
+    chunks: Vec<Pending>,
+    events: usize,
+    bytes: usize,
+    since: tokio::time::Instant,
+}
+
+impl Gathering {
+    fn new() -> Self {
+        Gathering {
+            chunks: Vec::new(),
+            events: 0,
+            bytes: 0,
+            since: tokio::time::Instant::now(),
+        }
+    }
+
+    fn push(&mut self, p: Pending) {
+        if self.chunks.is_empty() {
+            self.since = tokio::time::Instant::now();
+        }
+        self.events += p.chunk.len();
+        self.bytes += p.chunk.buf.len();
+        self.chunks.push(p);
+    }
+
+    fn take(&mut self) -> Vec<Pending> {
+        self.events = 0;
+        self.bytes = 0;
+        std::mem::take(&mut self.chunks)
+    }
+}
+
+/// Runs until every `submit` handle is gone and everything received has been dealt with.
+pub async fn run(sink: Arc<Sink>, mut rx: mpsc::Receiver<Pending>) {
+    sink.install_template().await;
+    let s = &sink.settings;
+    let mut gathering = Gathering::new();
+    let mut in_flight: JoinSet<()> = JoinSet::new();
+    let mut open = true;
+    while open || !gathering.chunks.is_empty() {
+        let full = gathering.events >= s.batch_max_events || gathering.bytes >= s.batch_max_bytes;
+        let due = !gathering.chunks.is_empty()
+            && (full || !open || gathering.since.elapsed() >= s.flush_interval);
+        if due {
+            while in_flight.len() >= s.max_in_flight {
+                reap(&sink, in_flight.join_next().await);
+            }
+            in_flight.spawn(sink.clone().deliver(gathering.take()));
+            continue;
+        }
+        let flush_at = gathering.since + s.flush_interval;
+        tokio::select! {
+            done = in_flight.join_next(), if !in_flight.is_empty() => reap(&sink, done),
+            msg = rx.recv(), if open => match msg {
+                Some(p) => gathering.push(p),
+                None => open = false,
+            },
+            _ = tokio::time::sleep_until(flush_at), if !gathering.chunks.is_empty() => {}
+        }
+    }
+    while let Some(done) = in_flight.join_next().await {
+        reap(&sink, Some(done));
+    }
+    tracing::info!(output = %sink.id, "elasticsearch output flushed");
+}
+
+fn reap(sink: &Sink, done: Option<Result<(), tokio::task::JoinError>>) {
+    if let Some(Err(e)) = done {
+        tracing::error!(output = %sink.id, error = %e, "bulk task failed");
+    }
+}
