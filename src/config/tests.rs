@@ -36,6 +36,7 @@ fn parses_a_minimal_pipeline_with_env() {
     assert_eq!(cfg.inputs[0].id, "http");
     match &cfg.inputs[0].config {
         crate::inputs::InputConfig::Http(h) => assert_eq!(h.address, "127.0.0.1:18080"),
+        other => panic!("expected the http input, got {other:?}"),
     }
     assert_eq!(cfg.filters[0].when.as_deref(), Some("[message] =~ /^\\{/"));
 }

@@ -1,6 +1,7 @@
 //! Inputs: each binds its listener at start-up (so the daemon is ready when `start` returns),
 //! turns what it receives into events and hands them to the pipeline queue.
 
+pub mod beats;
 pub mod http;
 
 use crate::config::{PathSeg, Problem};
@@ -9,11 +10,12 @@ use crate::BuildContext;
 use tokio::task::JoinHandle;
 
 /// Every input `type` the pipeline file accepts.
-pub const TYPES: &[&str] = &["http"];
+pub const TYPES: &[&str] = &["http", "beats"];
 
 #[derive(Debug, Clone)]
 pub enum InputConfig {
     Http(http::Config),
+    Beats(beats::Config),
 }
 
 impl InputConfig {
@@ -26,6 +28,7 @@ impl InputConfig {
         use crate::config::deserialize_at as de;
         Some(match kind {
             "http" => InputConfig::Http(de(value, path, problems)?),
+            "beats" => InputConfig::Beats(de(value, path, problems)?),
             _ => return None,
         })
     }
@@ -34,6 +37,7 @@ impl InputConfig {
     pub fn validate(&self) -> Vec<Problem> {
         match self {
             InputConfig::Http(c) => c.validate(),
+            InputConfig::Beats(c) => c.validate(),
         }
     }
 
@@ -47,6 +51,7 @@ impl InputConfig {
     ) -> anyhow::Result<JoinHandle<()>> {
         match self {
             InputConfig::Http(c) => c.start(id, ctx, queue).await,
+            InputConfig::Beats(c) => c.start(id, ctx, queue).await,
         }
     }
 }

@@ -1,0 +1,689 @@
+//! `beats` input: the Lumberjack v2 server that Filebeat's `output.logstash` talks to. One
+//! task per connection (capped by a semaphore), optional TLS, and at-least-once delivery: a
+//! window is acknowledged only once all its events are in the pipeline queue; while the queue
+//! is full the connection sends ACK 0 keepalives so Filebeat does not time out and resend.
+//!
+//! Events keep what the client sent; Filebeat's own `@metadata` (beat, version, ...) becomes
+//! the event metadata and the peer address is added as `[@metadata][input][beats][host][ip]`.
+//! A J frame that is not a JSON object becomes an event with `message` = its text and tag
+//! `_jsonparsefailure` (like the `http` input), so nothing acknowledged is dropped. A D frame
+//! (legacy key/value strings) becomes an event of string fields, `line` renamed to `message`.
+
+pub mod codec;
+pub mod tls;
+
+use crate::config::{de, Problem};
+use crate::event::{now_ms, Event};
+use crate::metrics::{Counter, Gauge, Registry};
+use crate::queue::QueueSender;
+use crate::BuildContext;
+use codec::{BeatsCodec, Body, Frame, ProtocolError, RawEvent};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+pub use tls::ClientAuth;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listen address, e.g. `0.0.0.0:5044`.
+    pub address: String,
+    /// Tags added to every event from this input.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Connections served at once; further clients wait in the listen backlog. Default 1000.
+    #[serde(
+        default = "d_max_connections",
+        deserialize_with = "de::from_str_or_value"
+    )]
+    pub max_connections: usize,
+    /// A connection that sends nothing for this long is closed (Logstash's
+    /// `client_inactivity_timeout`). Time spent waiting for queue room does not count.
+    /// Default `60s`.
+    #[serde(default = "d_inactivity", deserialize_with = "de::duration")]
+    pub client_inactivity_timeout: Duration,
+    /// While a window waits for queue room, an ACK 0 is sent this often so the client's
+    /// timeout (Filebeat: 30 s) is reset. Default `5s`.
+    #[serde(default = "d_keepalive", deserialize_with = "de::duration")]
+    pub keepalive_interval: Duration,
+    /// Largest frame on the wire and largest inflated compressed frame. Default `64MiB`
+    /// (a Filebeat window of 2048 typical events inflates to about 2.5 MB).
+    #[serde(default = "d_max_frame", deserialize_with = "de::bytes")]
+    pub max_frame_size: u64,
+    /// Largest window a client may announce, in events. Default 16384 (Filebeat sends 2048).
+    #[serde(default = "d_max_window", deserialize_with = "de::from_str_or_value")]
+    pub max_window_size: u32,
+    /// Serve TLS. Default false.
+    #[serde(default, deserialize_with = "de::from_str_or_value")]
+    pub ssl_enabled: bool,
+    /// PEM certificate (chain) presented to clients.
+    #[serde(default)]
+    pub ssl_certificate: Option<PathBuf>,
+    /// PEM private key of `ssl_certificate` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub ssl_key: Option<PathBuf>,
+    /// PEM CA certificates that sign client certificates.
+    #[serde(default, deserialize_with = "path_list")]
+    pub ssl_certificate_authorities: Vec<PathBuf>,
+    /// `none` (default), `optional` or `required`.
+    #[serde(default)]
+    pub ssl_client_authentication: ClientAuth,
+    /// How long a TLS handshake may take. Default `10s`.
+    #[serde(default = "d_handshake", deserialize_with = "de::duration")]
+    pub ssl_handshake_timeout: Duration,
+}
+
+fn d_max_connections() -> usize {
+    1000
+}
+fn d_inactivity() -> Duration {
+    Duration::from_secs(60)
+}
+fn d_keepalive() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_max_frame() -> u64 {
+    64 * 1024 * 1024
+}
+fn d_max_window() -> u32 {
+    16384
+}
+fn d_handshake() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn path_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    Ok(de::string_list(d)?.into_iter().map(PathBuf::from).collect())
+}
+
+impl Config {
+    fn tls_files(&self) -> tls::TlsFiles<'_> {
+        tls::TlsFiles {
+            certificate: self.ssl_certificate.as_deref(),
+            key: self.ssl_key.as_deref(),
+            authorities: &self.ssl_certificate_authorities,
+            client_auth: self.ssl_client_authentication,
+        }
+    }
+
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = super::check_address("address", &self.address)
+            .into_iter()
+            .collect();
+        if self.max_connections == 0 {
+            problems.push(Problem::at("max_connections", "must be at least 1"));
+        }
+        for (key, d) in [
+            ("client_inactivity_timeout", self.client_inactivity_timeout),
+            ("keepalive_interval", self.keepalive_interval),
+            ("ssl_handshake_timeout", self.ssl_handshake_timeout),
+        ] {
+            if d.is_zero() {
+                problems.push(Problem::at(key, "must be longer than zero"));
+            }
+        }
+        if self.max_frame_size < 1024 || self.max_frame_size > u32::MAX as u64 {
+            problems.push(
+                Problem::at(
+                    "max_frame_size",
+                    format!("{} bytes is out of range", self.max_frame_size),
+                )
+                .hint("use a size between 1KiB and 4GiB, e.g. \"64MiB\""),
+            );
+        }
+        if self.max_window_size == 0 {
+            problems.push(Problem::at("max_window_size", "must be at least 1"));
+        }
+        if self.ssl_enabled {
+            if let Err(errs) = tls::server_config(&self.tls_files()) {
+                problems.extend(errs);
+            }
+        } else if self.ssl_certificate.is_some()
+            || self.ssl_key.is_some()
+            || !self.ssl_certificate_authorities.is_empty()
+            || self.ssl_client_authentication != ClientAuth::None
+        {
+            problems.push(
+                Problem::at("ssl_enabled", "TLS settings are given but TLS is off")
+                    .hint("set ssl_enabled = true to serve TLS")
+                    .warning(),
+            );
+        }
+        problems
+    }
+
+    /// Binds the listener and spawns the accept loop. The returned task ends after shutdown
+    /// once every connection task has ended.
+    pub async fn start(
+        &self,
+        id: &str,
+        ctx: &BuildContext,
+        queue: QueueSender,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        use anyhow::Context;
+        let tls = if self.ssl_enabled {
+            let config = tls::server_config(&self.tls_files()).map_err(|errs| {
+                let text: Vec<String> = errs.iter().map(|p| p.to_string()).collect();
+                anyhow::anyhow!("input `{id}`: {}", text.join("; "))
+            })?;
+            Some(tokio_rustls::TlsAcceptor::from(config))
+        } else {
+            None
+        };
+        let listener = tokio::net::TcpListener::bind(&self.address)
+            .await
+            .with_context(|| format!("input `{id}`: cannot listen on {}", self.address))?;
+        self.serve_on(listener, tls, id, ctx, queue)
+    }
+
+    /// Spawns the accept loop on an already bound listener.
+    fn serve_on(
+        &self,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        id: &str,
+        ctx: &BuildContext,
+        queue: QueueSender,
+    ) -> anyhow::Result<JoinHandle<()>> {
+        let local = listener.local_addr()?;
+        tracing::info!(input = id, address = %local, tls = tls.is_some(), "beats input listening");
+        let shared = Arc::new(Shared {
+            source: Arc::from(id),
+            tags: self.tags.clone(),
+            idle: self.client_inactivity_timeout,
+            keepalive: self.keepalive_interval,
+            max_frame: self.max_frame_size as usize,
+            max_window: self.max_window_size,
+            handshake: self.ssl_handshake_timeout,
+            tls,
+            queue,
+            metrics: Metrics::register(&ctx.metrics, id),
+            shutdown: ctx.shutdown.clone(),
+        });
+        let limit = Arc::new(Semaphore::new(self.max_connections));
+        let max = self.max_connections as u32;
+        Ok(tokio::spawn(accept_loop(listener, shared, limit, max)))
+    }
+}
+
+/// What every connection task of one input shares.
+struct Shared {
+    source: Arc<str>,
+    tags: Vec<String>,
+    idle: Duration,
+    keepalive: Duration,
+    max_frame: usize,
+    max_window: u32,
+    handshake: Duration,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    queue: QueueSender,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+/// Kinds of connection failure, each a `kind` label of the protocol error counter.
+const ERROR_KINDS: &[&str] = &[
+    "bad_version",
+    "unknown_frame",
+    "too_large",
+    "bad_zlib",
+    "nesting",
+    "truncated",
+    "io",
+    "window_too_large",
+    "event_outside_window",
+    "window_overflow",
+    "window_incomplete",
+    "closed_mid_window",
+    "idle_mid_window",
+    "tls_handshake",
+    "ack_write",
+];
+
+struct Metrics {
+    open: Gauge,
+    connections: Counter,
+    windows: Counter,
+    events_received: Counter,
+    events_queued: Counter,
+    parse_failures: Counter,
+    acks: Counter,
+    keepalives: Counter,
+    idle_closed: Counter,
+    errors: Vec<(&'static str, Counter)>,
+}
+
+impl Metrics {
+    fn register(r: &Registry, id: &str) -> Self {
+        let labels = [("input", id)];
+        Metrics {
+            open: r.gauge(
+                "sheepdog_beats_connections_open",
+                "Beats connections being served",
+                &labels,
+            ),
+            connections: r.counter(
+                "sheepdog_beats_connections_total",
+                "Beats connections accepted",
+                &labels,
+            ),
+            windows: r.counter(
+                "sheepdog_beats_windows_total",
+                "Beats windows (batches) received",
+                &labels,
+            ),
+            events_received: r.counter(
+                "sheepdog_beats_events_received_total",
+                "Beats events decoded",
+                &labels,
+            ),
+            events_queued: r.counter(
+                "sheepdog_input_events_total",
+                "Events accepted into the queue",
+                &labels,
+            ),
+            parse_failures: r.counter(
+                "sheepdog_input_parse_failures_total",
+                "Lines or bodies that were not JSON objects",
+                &labels,
+            ),
+            acks: r.counter(
+                "sheepdog_beats_acks_total",
+                "ACK frames sent for queued events",
+                &labels,
+            ),
+            keepalives: r.counter(
+                "sheepdog_beats_keepalives_total",
+                "ACK 0 keepalives sent while a window waited for queue room",
+                &labels,
+            ),
+            idle_closed: r.counter(
+                "sheepdog_beats_idle_closed_total",
+                "Connections closed after client_inactivity_timeout between windows",
+                &labels,
+            ),
+            errors: ERROR_KINDS
+                .iter()
+                .map(|kind| {
+                    (
+                        *kind,
+                        r.counter(
+                            "sheepdog_beats_protocol_errors_total",
+                            "Beats connections closed by an error, by kind",
+                            &[("input", id), ("kind", kind)],
+                        ),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    fn error(&self, kind: &str) {
+        if let Some((_, c)) = self.errors.iter().find(|(k, _)| *k == kind) {
+            c.inc();
+        }
+    }
+}
+
+/// Why a connection was closed by the server.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("window of {0} events exceeds max_window_size {1}")]
+    WindowTooLarge(u32, u32),
+    #[error("events sent before a window size frame")]
+    EventOutsideWindow,
+    #[error("more events than the announced window of {0}")]
+    WindowOverflow(u32),
+    #[error("new window announced after {got} of {expected} events")]
+    WindowIncomplete { expected: u32, got: usize },
+    #[error("connection closed after {got} of {expected} events of a window")]
+    ClosedMidWindow { expected: u32, got: usize },
+    #[error("no data for {0:?} in the middle of a window")]
+    IdleMidWindow(Duration),
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    #[error("writing an ACK failed: {0}")]
+    AckWrite(String),
+}
+
+impl ConnError {
+    fn kind(&self) -> &'static str {
+        match self {
+            ConnError::Protocol(e) => e.kind(),
+            ConnError::WindowTooLarge(..) => "window_too_large",
+            ConnError::EventOutsideWindow => "event_outside_window",
+            ConnError::WindowOverflow(_) => "window_overflow",
+            ConnError::WindowIncomplete { .. } => "window_incomplete",
+            ConnError::ClosedMidWindow { .. } => "closed_mid_window",
+            ConnError::IdleMidWindow(_) => "idle_mid_window",
+            ConnError::Tls(_) => "tls_handshake",
+            ConnError::AckWrite(_) => "ack_write",
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    limit: Arc<Semaphore>,
+    max: u32,
+) {
+    loop {
+        // The permit is taken before accepting, so at most `max` connections are served and
+        // the rest wait in the kernel's backlog.
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shared.shutdown.cancelled() => break,
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shared.shutdown.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                tracing::warn!(input = %shared.source, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let span = tracing::info_span!("beats", input = %shared.source, peer = %peer);
+        let shared = shared.clone();
+        tokio::spawn(
+            async move {
+                connection(stream, peer, &shared).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    drop(listener);
+    // Every connection task holds a permit; having them all back means they have ended.
+    let _ = limit.acquire_many(max).await;
+}
+
+async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    let m = &shared.metrics;
+    m.connections.inc();
+    m.open.add(1);
+    tracing::debug!("beats connection opened");
+    let result = match &shared.tls {
+        None => {
+            let (r, w) = stream.into_split();
+            serve(r, w, peer, shared).await
+        }
+        Some(acceptor) => {
+            match tokio::time::timeout(shared.handshake, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let (r, w) = tokio::io::split(tls);
+                    serve(r, w, peer, shared).await
+                }
+                Ok(Err(e)) => Err(ConnError::Tls(e.to_string())),
+                Err(_) => Err(ConnError::Tls(format!(
+                    "not finished within {:?}",
+                    shared.handshake
+                ))),
+            }
+        }
+    };
+    m.open.sub(1);
+    match result {
+        Ok(()) => tracing::debug!("beats connection closed"),
+        Err(e) => {
+            m.error(e.kind());
+            tracing::warn!(error = %e, kind = e.kind(), "beats connection closed on error");
+        }
+    }
+}
+
+/// The window being received.
+struct Window {
+    expected: u32,
+    events: Vec<Event>,
+    seqs: Vec<u32>,
+}
+
+/// Reads windows, queues their events and acknowledges them, until the client closes, goes
+/// idle between windows, breaks the protocol, or shutdown begins.
+async fn serve<R, W>(
+    read: R,
+    mut write: W,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Result<(), ConnError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut frames = FramedRead::with_capacity(read, BeatsCodec::new(shared.max_frame), 64 * 1024);
+    // Built once per connection, cloned into each event's metadata.
+    let peer_meta = serde_json::json!({"beats": {"host": {"ip": peer.ip().to_string()}}});
+    let mut window: Option<Window> = None;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return Ok(()),
+            r = tokio::time::timeout(shared.idle, frames.next()) => r,
+        };
+        let frame = match next {
+            Err(_) => {
+                return match &window {
+                    Some(_) => Err(ConnError::IdleMidWindow(shared.idle)),
+                    None => {
+                        shared.metrics.idle_closed.inc();
+                        tracing::debug!(timeout = ?shared.idle, "closing idle beats connection");
+                        Ok(())
+                    }
+                }
+            }
+            Ok(None) => {
+                return match window {
+                    Some(w) => Err(ConnError::ClosedMidWindow {
+                        expected: w.expected,
+                        got: w.events.len(),
+                    }),
+                    None => Ok(()),
+                }
+            }
+            Ok(Some(r)) => r?,
+        };
+        match frame {
+            Frame::Window(n) => {
+                if let Some(w) = &window {
+                    return Err(ConnError::WindowIncomplete {
+                        expected: w.expected,
+                        got: w.events.len(),
+                    });
+                }
+                if n > shared.max_window {
+                    return Err(ConnError::WindowTooLarge(n, shared.max_window));
+                }
+                shared.metrics.windows.inc();
+                if n == 0 {
+                    write_ack(&mut write, 0, shared).await?;
+                    shared.metrics.acks.inc();
+                    continue;
+                }
+                window = Some(Window {
+                    expected: n,
+                    events: Vec::with_capacity(n as usize),
+                    seqs: Vec::with_capacity(n as usize),
+                });
+            }
+            Frame::Events(raw) => {
+                let w = window.as_mut().ok_or(ConnError::EventOutsideWindow)?;
+                if w.events.len() + raw.len() > w.expected as usize {
+                    return Err(ConnError::WindowOverflow(w.expected));
+                }
+                shared.metrics.events_received.add(raw.len() as u64);
+                let received = now_ms();
+                let mut failures = 0u64;
+                for r in raw {
+                    w.seqs.push(r.seq);
+                    w.events.push(to_event(
+                        r,
+                        received,
+                        &peer_meta,
+                        &shared.tags,
+                        &mut failures,
+                    ));
+                }
+                if failures > 0 {
+                    shared.metrics.parse_failures.add(failures);
+                }
+                if w.events.len() == w.expected as usize {
+                    let w = window.take().expect("window is open");
+                    if !deliver(w, &mut write, shared).await? {
+                        // Shutting down: the window stays unacknowledged and the client
+                        // sends it again after reconnecting.
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Queues a complete window and acknowledges it. A window larger than the whole queue goes
+/// in parts, each acknowledged (cumulatively) once queued. Returns false when shutdown
+/// interrupted the wait; nothing further is acknowledged then.
+async fn deliver<W: AsyncWrite + Unpin>(
+    mut w: Window,
+    write: &mut W,
+    shared: &Shared,
+) -> Result<bool, ConnError> {
+    let part = shared.queue.capacity().max(1);
+    while !w.events.is_empty() {
+        let take = w.events.len().min(part);
+        let (events, seq) = if take == w.events.len() {
+            (
+                std::mem::take(&mut w.events),
+                *w.seqs.last().expect("one seq per event"),
+            )
+        } else {
+            let rest = w.events.split_off(take);
+            (std::mem::replace(&mut w.events, rest), w.seqs[take - 1])
+        };
+        w.seqs.drain(..take);
+        let n = events.len() as u64;
+        if !queue_with_keepalive(events, write, shared).await? {
+            return Ok(false);
+        }
+        shared.metrics.events_queued.add(n);
+        write_ack(write, seq, shared).await?;
+        shared.metrics.acks.inc();
+    }
+    Ok(true)
+}
+
+/// Waits for queue room, sending ACK 0 every `keepalive` meanwhile. False on shutdown.
+async fn queue_with_keepalive<W: AsyncWrite + Unpin>(
+    events: Vec<Event>,
+    write: &mut W,
+    shared: &Shared,
+) -> Result<bool, ConnError> {
+    let send = shared.queue.send(&shared.source, events);
+    tokio::pin!(send);
+    let start = tokio::time::Instant::now() + shared.keepalive;
+    let mut ticks = tokio::time::interval_at(start, shared.keepalive);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut send => return Ok(r.is_ok()),
+            _ = shared.shutdown.cancelled() => return Ok(false),
+            _ = ticks.tick() => {
+                write_ack(write, 0, shared).await?;
+                shared.metrics.keepalives.inc();
+                tracing::debug!("queue full: sent keepalive ACK 0");
+            }
+        }
+    }
+}
+
+async fn write_ack<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    seq: u32,
+    shared: &Shared,
+) -> Result<(), ConnError> {
+    let frame = codec::ack(seq);
+    let io = async {
+        write.write_all(&frame).await?;
+        // TLS buffers records; plain TCP flush is free.
+        write.flush().await
+    };
+    match tokio::time::timeout(shared.idle, io).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ConnError::AckWrite(e.to_string())),
+        Err(_) => Err(ConnError::AckWrite(format!(
+            "client did not read for {:?}",
+            shared.idle
+        ))),
+    }
+}
+
+/// One raw event as a pipeline event.
+fn to_event(
+    raw: RawEvent,
+    received: i64,
+    peer_meta: &Value,
+    tags: &[String],
+    failures: &mut u64,
+) -> Event {
+    let mut event = match raw.body {
+        Body::Json(bytes) => match serde_json::from_slice::<Map<String, Value>>(&bytes) {
+            Ok(map) => Event::from_map(map, received),
+            Err(_) => {
+                *failures += 1;
+                let mut e =
+                    Event::from_message(String::from_utf8_lossy(&bytes).into_owned(), received);
+                e.add_tag("_jsonparsefailure");
+                e
+            }
+        },
+        Body::Pairs(pairs) => {
+            let mut map = Map::new();
+            for (k, v) in pairs {
+                map.insert(
+                    String::from_utf8_lossy(&k).into_owned(),
+                    Value::String(String::from_utf8_lossy(&v).into_owned()),
+                );
+            }
+            if !map.contains_key("message") {
+                if let Some(line) = map.remove("line") {
+                    map.insert("message".into(), line);
+                }
+            }
+            Event::from_map(map, received)
+        }
+    };
+    event
+        .metadata_mut()
+        .insert("input".to_string(), peer_meta.clone());
+    for t in tags {
+        event.add_tag(t);
+    }
+    event
+}
+
+#[cfg(test)]
+mod tests;
