@@ -59,16 +59,20 @@ impl HealthRegistry {
         Arc::new(Self::default())
     }
 
+    /// The handle for `component`; registering a name again returns the existing handle, so a
+    /// stage built more than once (validation, then run) reports through one entry.
     pub fn register(&self, component: impl Into<String>) -> HealthHandle {
+        let component = component.into();
+        let mut components = self.components.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = components.iter().find(|h| h.get().component == component) {
+            return existing.clone();
+        }
         let handle = HealthHandle(Arc::new(Mutex::new(ComponentHealth {
-            component: component.into(),
+            component,
             status: Status::Ok,
             reason: String::new(),
         })));
-        self.components
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(handle.clone());
+        components.push(handle.clone());
         handle
     }
 
@@ -109,5 +113,9 @@ mod tests {
         assert_eq!(report.components[0].reason, "connection refused");
         es.ok();
         assert_eq!(r.report().status, Status::Degraded);
+        let again = r.register("filter geoip");
+        again.ok();
+        assert_eq!(r.report().components.len(), 2);
+        assert_eq!(r.report().status, Status::Ok);
     }
 }

@@ -42,20 +42,33 @@ pub fn build_filters(
     ctx: &BuildContext,
 ) -> Result<Vec<FilterStage>, Vec<Problem>> {
     let mut problems = Vec::new();
-    let mut stages = Vec::new();
-    for stage in &config.filters {
-        let when = compile_when(&stage.when, &stage.path, &mut problems);
-        match stage.config.build(ctx) {
-            Ok(filter) => stages.push(FilterStage::new(stage.id.clone(), when, filter, ctx)),
-            Err(errs) => problems.extend(errs.into_iter().map(|p| p.prefixed(&stage.path))),
-        }
-    }
+    let stages = build_filters_into(config, ctx, &mut problems);
     if problems.iter().any(Problem::is_error) {
         Err(problems)
     } else {
         // Warnings (a missing optional file) do not stop the pipeline; `check` reports them.
         Ok(stages)
     }
+}
+
+/// Compiles the filter chain, adding every error and warning to `problems`.
+fn build_filters_into(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+    problems: &mut Vec<Problem>,
+) -> Vec<FilterStage> {
+    let mut stages = Vec::new();
+    for stage in &config.filters {
+        let when = compile_when(&stage.when, &stage.path, problems);
+        let mut warnings = Vec::new();
+        let built = stage.config.build_reporting(ctx, &mut warnings);
+        problems.extend(warnings.into_iter().map(|p| p.prefixed(&stage.path)));
+        match built {
+            Ok(filter) => stages.push(FilterStage::new(stage.id.clone(), when, filter, ctx)),
+            Err(errs) => problems.extend(errs.into_iter().map(|p| p.prefixed(&stage.path))),
+        }
+    }
+    stages
 }
 
 /// Every problem in the configuration that can be found without starting anything.
@@ -70,9 +83,7 @@ pub fn validate(config: &PipelineConfig, ctx: &BuildContext) -> Vec<Problem> {
                 .map(|p| p.prefixed(&stage.path)),
         );
     }
-    if let Err(errs) = build_filters(config, ctx) {
-        problems.extend(errs);
-    }
+    build_filters_into(config, ctx, &mut problems);
     for stage in &config.outputs {
         compile_when(&stage.when, &stage.path, &mut problems);
         problems.extend(

@@ -2,11 +2,14 @@
 //! enriches one event in place. A failing stage tags the event and passes it on.
 
 pub mod bucket;
+pub mod cache;
 pub mod classify;
 pub mod cost;
 pub mod date;
+pub mod geoip;
 pub mod json;
 pub mod mutate;
+pub mod useragent;
 
 use crate::condition::Condition;
 use crate::config::{PathSeg, Problem};
@@ -20,7 +23,16 @@ pub trait Filter: Send + Sync {
 }
 
 /// Every filter `type` the pipeline file accepts.
-pub const TYPES: &[&str] = &["json", "cost", "mutate", "date", "classify", "bucket"];
+pub const TYPES: &[&str] = &[
+    "json",
+    "cost",
+    "mutate",
+    "date",
+    "classify",
+    "bucket",
+    "geoip",
+    "useragent",
+];
 
 #[derive(Debug, Clone)]
 pub enum FilterConfig {
@@ -30,6 +42,8 @@ pub enum FilterConfig {
     Date(date::Config),
     Classify(classify::Config),
     Bucket(bucket::Config),
+    Geoip(geoip::Config),
+    Useragent(useragent::Config),
 }
 
 impl FilterConfig {
@@ -47,12 +61,24 @@ impl FilterConfig {
             "date" => FilterConfig::Date(de(value, path, problems)?),
             "classify" => FilterConfig::Classify(de(value, path, problems)?),
             "bucket" => FilterConfig::Bucket(de(value, path, problems)?),
+            "geoip" => FilterConfig::Geoip(de(value, path, problems)?),
+            "useragent" => FilterConfig::Useragent(de(value, path, problems)?),
             _ => return None,
         })
     }
 
     /// Validates and compiles the stage. Problems carry paths relative to the stage.
     pub fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Filter>, Vec<Problem>> {
+        self.build_reporting(ctx, &mut Vec::new())
+    }
+
+    /// Like [`FilterConfig::build`], also collecting warnings (a missing optional file) for a
+    /// stage that still runs.
+    pub fn build_reporting(
+        &self,
+        ctx: &BuildContext,
+        warnings: &mut Vec<Problem>,
+    ) -> Result<Box<dyn Filter>, Vec<Problem>> {
         match self {
             FilterConfig::Json(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Cost(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
@@ -60,11 +86,11 @@ impl FilterConfig {
             FilterConfig::Date(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Classify(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Bucket(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Geoip(c) => c
+                .build(ctx, warnings)
+                .map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Useragent(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
         }
-        .map_err(|problems| {
-            let _ = ctx;
-            problems
-        })
     }
 }
 
