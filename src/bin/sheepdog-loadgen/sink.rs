@@ -55,7 +55,9 @@ struct Sink {
     reached: tokio::sync::Notify,
 }
 
-static SENT_AT: std::sync::LazyLock<FinderRev<'static>> =
+static SENT_AT: std::sync::LazyLock<Finder<'static>> =
+    std::sync::LazyLock::new(|| Finder::new(b"sent_at_us"));
+static SENT_AT_REV: std::sync::LazyLock<FinderRev<'static>> =
     std::sync::LazyLock::new(|| FinderRev::new(b"sent_at_us"));
 static INDEX_KEY: std::sync::LazyLock<Finder<'static>> =
     std::sync::LazyLock::new(|| Finder::new(b"\"_index\""));
@@ -63,9 +65,14 @@ static ID_KEY: std::sync::LazyLock<Finder<'static>> =
     std::sync::LazyLock::new(|| Finder::new(b"\"_id\""));
 
 /// Parses the send time of a document (`"sent_at_us":123` or, inside a string field,
-/// `\"sent_at_us\":123`). Searches from the end, where the generator puts it.
+/// `\"sent_at_us\":123`). Looks at the end first, where the generator puts it; the reverse
+/// finder is not vectorised, so a whole-line search goes forwards.
 pub fn sent_at(doc: &[u8]) -> Option<u64> {
-    let i = SENT_AT.rfind(doc)? + "sent_at_us".len();
+    let tail_start = doc.len().saturating_sub(48);
+    let i = match SENT_AT_REV.rfind(&doc[tail_start..]) {
+        Some(i) => tail_start + i,
+        None => SENT_AT.find(doc)?,
+    } + "sent_at_us".len();
     let rest = &doc[i..];
     let rest = rest
         .strip_prefix(b"\":")
