@@ -132,3 +132,44 @@ fn sink_exits_with_a_summary_once_the_expected_docs_arrived() {
     assert_eq!(final_stats["docs"], 5000);
     assert!(sink.child.wait().unwrap().success());
 }
+
+#[test]
+fn beats_sender_delivers_exact_counts_to_the_sinks_beats_listener() {
+    let mut sink = start_sink(&["--beats-addr", "127.0.0.1:0"]);
+    let mut line = String::new();
+    sink.stdout.read_line(&mut line).unwrap();
+    let beats: serde_json::Value =
+        serde_json::from_str(&line).expect("second line is the Beats address");
+    let addr = beats["beats"].as_str().unwrap().to_string();
+    let summary = run_gen(&[
+        "beats",
+        "--target",
+        &addr,
+        "--count",
+        "5000",
+        "--window",
+        "2048",
+        "--pipeline",
+        "2",
+        "--pool",
+        "2",
+    ]);
+    assert_eq!(summary["events"], 5000);
+    assert_eq!(summary["requests"], 3);
+    let summary = run_gen(&[
+        "beats",
+        "--target",
+        &addr,
+        "--count",
+        "100",
+        "--window",
+        "64",
+        "--raw",
+        "--connections",
+        "2",
+    ]);
+    assert_eq!(summary["events"], 100);
+    let stats = http_get(&sink.url, "/_sink/stats");
+    assert_eq!(stats["docs"], 5100);
+    assert_eq!(stats["latency_samples"], 5100);
+}

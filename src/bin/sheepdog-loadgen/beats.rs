@@ -17,6 +17,8 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BytesMut};
 use flate2::{Compress, Compression, FlushCompress, Status};
+use std::io::Read;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -323,12 +325,94 @@ async fn read_ack(
     }
 }
 
+/// Reads one Lumberjack v2 window (a `2W` frame, then `2J` or `2C` frames until `count` events)
+/// and calls `event` with each JSON payload. Returns the window's event count, or `None` at a clean
+/// end of stream. `buf` keeps unread bytes between calls; `raw` is scratch for inflating.
+pub async fn read_window<R, F>(
+    r: &mut R,
+    buf: &mut BytesMut,
+    raw: &mut Vec<u8>,
+    mut event: F,
+) -> Result<Option<u32>>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    F: FnMut(&[u8]),
+{
+    async fn need<R: tokio::io::AsyncRead + Unpin>(
+        r: &mut R,
+        buf: &mut BytesMut,
+        n: usize,
+    ) -> Result<bool> {
+        while buf.len() < n {
+            if r.read_buf(buf).await? == 0 {
+                if buf.is_empty() {
+                    return Ok(false);
+                }
+                bail!("connection closed inside a frame");
+            }
+        }
+        Ok(true)
+    }
+    if !need(r, buf, 6).await? {
+        return Ok(None);
+    }
+    if &buf[..2] != b"2W" {
+        bail!("expected a window frame, got {:?}", &buf[..2]);
+    }
+    let count = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]);
+    buf.advance(6);
+    let mut seen = 0u32;
+    while seen < count {
+        need(r, buf, 2).await?;
+        match &buf[..2] {
+            b"2J" => {
+                need(r, buf, 10).await?;
+                let len = u32::from_be_bytes([buf[6], buf[7], buf[8], buf[9]]) as usize;
+                need(r, buf, 10 + len).await?;
+                event(&buf[10..10 + len]);
+                buf.advance(10 + len);
+                seen += 1;
+            }
+            b"2C" => {
+                need(r, buf, 6).await?;
+                let len = u32::from_be_bytes([buf[2], buf[3], buf[4], buf[5]]) as usize;
+                need(r, buf, 6 + len).await?;
+                raw.clear();
+                flate2::read::ZlibDecoder::new(&buf[6..6 + len])
+                    .read_to_end(raw)
+                    .context("inflating a compressed frame")?;
+                buf.advance(6 + len);
+                let mut p = &raw[..];
+                while p.len() >= 10 {
+                    if &p[..2] != b"2J" {
+                        bail!(
+                            "expected a JSON frame inside the compressed frame, got {:?}",
+                            &p[..2]
+                        );
+                    }
+                    let len = u32::from_be_bytes([p[6], p[7], p[8], p[9]]) as usize;
+                    let payload = p.get(10..10 + len).context("truncated JSON frame")?;
+                    event(payload);
+                    p = &p[10 + len..];
+                    seen += 1;
+                }
+            }
+            other => bail!("unsupported frame type {other:?}"),
+        }
+    }
+    Ok(Some(count))
+}
+
+pub fn ack_frame(seq: u32) -> [u8; 6] {
+    let s = seq.to_be_bytes();
+    [b'2', b'A', s[0], s[1], s[2], s[3]]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gen::GenConfig;
     use crate::load::Budget;
-    use std::io::Read;
 
     /// Decodes a window's frames back into (seq, json) pairs.
     fn decode(bytes: &[u8]) -> (u32, Vec<(u32, serde_json::Value)>) {

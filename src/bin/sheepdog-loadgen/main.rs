@@ -97,6 +97,10 @@ enum Cmd {
         /// Listen address; port 0 picks a free port. The URL is printed as JSON on stdout.
         #[arg(long, default_value = "127.0.0.1:9200")]
         addr: std::net::SocketAddr,
+        /// Also accept Beats (Lumberjack v2) here and ack every window; port 0 picks a free port,
+        /// printed as {"beats":"127.0.0.1:PORT"} on the second stdout line.
+        #[arg(long)]
+        beats_addr: Option<std::net::SocketAddr>,
         /// Answer bulk requests with `"items":[]` instead of one result per action.
         #[arg(long)]
         no_items: bool,
@@ -288,6 +292,7 @@ fn main() -> Result<()> {
         }
         Cmd::Sink {
             addr,
+            beats_addr,
             no_items,
             report_interval,
             duration,
@@ -295,6 +300,7 @@ fn main() -> Result<()> {
         } => {
             let opts = sink::SinkOptions {
                 addr,
+                beats_addr,
                 items: !no_items,
                 report_interval: Some(secs(report_interval, "--report-interval")?),
                 duration: duration.map(|d| secs(d, "--duration")).transpose()?,

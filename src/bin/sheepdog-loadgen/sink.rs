@@ -19,6 +19,8 @@ use crate::stats::{self, now_us, Histogram};
 
 pub struct SinkOptions {
     pub addr: SocketAddr,
+    /// Also accept Lumberjack v2 (Beats) here, acking every window, to drive the sink directly.
+    pub beats_addr: Option<SocketAddr>,
     /// Answer bulk requests with one item per action (as Elasticsearch does); otherwise `items:[]`.
     pub items: bool,
     pub report_interval: Option<Duration>,
@@ -317,7 +319,8 @@ async fn bulk(
         s.ingest(&body, None, Some(index.as_bytes()));
         return json(StatusCode::OK, r#"{"took":0,"errors":false,"items":[]}"#);
     }
-    let mut out = Vec::with_capacity(64 + body.len() / 3);
+    // An item is ~190 bytes; a generated document ~480 with its action line.
+    let mut out = Vec::with_capacity(64 + body.len() / 2);
     out.extend_from_slice(br#"{"took":1,"errors":false,"items":["#);
     s.ingest(&body, Some(&mut out), Some(index.as_bytes()));
     out.extend_from_slice(b"]}");
@@ -418,6 +421,39 @@ async fn fallback(uri: axum::http::Uri) -> Response {
     )
 }
 
+async fn beats_listener(l: tokio::net::TcpListener, sink: Shared) {
+    loop {
+        let Ok((stream, peer)) = l.accept().await else {
+            continue;
+        };
+        let sink = Arc::clone(&sink);
+        tokio::spawn(async move {
+            if let Err(e) = beats_connection(stream, &sink).await {
+                tracing::warn!(%peer, error = %e, "beats connection failed");
+            }
+        });
+    }
+}
+
+async fn beats_connection(mut stream: tokio::net::TcpStream, sink: &Sink) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = bytes::BytesMut::with_capacity(256 * 1024);
+    let mut raw = Vec::new();
+    let mut events = Vec::new();
+    loop {
+        // Collect the window's events as NDJSON so they go through the same counting as HTTP.
+        events.clear();
+        let window = crate::beats::read_window(&mut stream, &mut buf, &mut raw, |e| {
+            events.extend_from_slice(e);
+            events.push(b'\n');
+        })
+        .await?;
+        let Some(count) = window else { return Ok(()) };
+        sink.ingest(&events, None, None);
+        stream.write_all(&crate::beats::ack_frame(count)).await?;
+    }
+}
+
 fn router(state: Shared) -> Router {
     Router::new()
         .route("/", get(info).head(info))
@@ -461,6 +497,13 @@ pub async fn run(opts: SinkOptions) -> Result<()> {
         reached: tokio::sync::Notify::new(),
     });
     let server = axum::serve(listener, router(Arc::clone(&sink)));
+    if let Some(beats_addr) = opts.beats_addr {
+        let l = tokio::net::TcpListener::bind(beats_addr)
+            .await
+            .with_context(|| format!("binding the sink's Beats listener to {beats_addr}"))?;
+        println!(r#"{{"beats":"{}"}}"#, l.local_addr()?);
+        tokio::spawn(beats_listener(l, Arc::clone(&sink)));
+    }
     if let Some(interval) = opts.report_interval.filter(|d| !d.is_zero()) {
         let sink = Arc::clone(&sink);
         tokio::spawn(async move {
