@@ -121,6 +121,7 @@ async fn connection(
         .collect();
     let mut stream = Some(connect(&opts.target).await?);
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut scratch = vec![0u8; 256 * 1024];
     let mut pacer = Pacer::new(rate);
     let counters = &run.counters;
     let mut next = 0usize;
@@ -151,7 +152,7 @@ async fn connection(
             let result = async {
                 s.write_all(head).await?;
                 s.write_all(body).await?;
-                read_response(s, &mut buf).await
+                read_response(s, &mut buf, &mut scratch).await
             }
             .await;
             counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -204,18 +205,22 @@ pub struct Response {
     pub close: bool,
 }
 
-/// Reads one response and discards its body, leaving any following bytes in `buf`.
-pub async fn read_response(s: &mut TcpStream, buf: &mut BytesMut) -> Result<Response> {
+/// Reads one response and discards its body, leaving any following bytes in `buf`. `scratch`
+/// receives the body bytes that were not read with the head.
+pub async fn read_response(
+    s: &mut TcpStream,
+    buf: &mut BytesMut,
+    scratch: &mut [u8],
+) -> Result<Response> {
     loop {
         if let Some((head_len, resp, body)) = parse_head(buf)? {
             let consumed = match body {
                 BodyLen::Fixed(n) => {
-                    // Discard the body (up to 200 bytes per document for bulk items) through a
-                    // small scratch buffer instead of growing `buf`.
+                    // Discard the body (up to 200 bytes per document for bulk items) through the
+                    // scratch buffer instead of growing `buf`.
                     let mut left = (head_len + n).saturating_sub(buf.len());
                     if left > 0 {
                         buf.clear();
-                        let mut scratch = [0u8; 16 * 1024];
                         while left > 0 {
                             let want = left.min(scratch.len());
                             let got = s.read(&mut scratch[..want]).await?;
@@ -386,9 +391,21 @@ mod tests {
             let _ = s.read(&mut sink).await;
         });
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let mut buf = BytesMut::new();
-        assert_eq!(read_response(&mut s, &mut buf).await.unwrap().status, 200);
-        assert_eq!(read_response(&mut s, &mut buf).await.unwrap().status, 201);
+        let (mut buf, mut scratch) = (BytesMut::new(), [0u8; 4]);
+        assert_eq!(
+            read_response(&mut s, &mut buf, &mut scratch)
+                .await
+                .unwrap()
+                .status,
+            200
+        );
+        assert_eq!(
+            read_response(&mut s, &mut buf, &mut scratch)
+                .await
+                .unwrap()
+                .status,
+            201
+        );
         assert!(buf.is_empty());
     }
 }

@@ -70,6 +70,20 @@ static ID_KEY: std::sync::LazyLock<Finder<'static>> =
 /// `\"sent_at_us\":123`). Looks at the end first, where the generator puts it; the reverse
 /// finder is not vectorised, so a whole-line search goes forwards.
 pub fn sent_at(doc: &[u8]) -> Option<u64> {
+    // Fast path for documents that end like the generator's: `"sent_at_us":<16 digits>}`.
+    const KEY: &[u8] = b"\"sent_at_us\":";
+    const TAIL: usize = KEY.len() + 16 + 1;
+    if doc.len() >= TAIL && doc.ends_with(b"}") {
+        let tail = &doc[doc.len() - TAIL..];
+        if tail.starts_with(KEY) && tail[KEY.len()..TAIL - 1].iter().all(u8::is_ascii_digit) {
+            let digits = &tail[KEY.len()..TAIL - 1];
+            return Some(
+                digits
+                    .iter()
+                    .fold(0u64, |acc, &d| acc * 10 + u64::from(d - b'0')),
+            );
+        }
+    }
     let tail_start = doc.len().saturating_sub(48);
     let i = match SENT_AT_REV.rfind(&doc[tail_start..]) {
         Some(i) => tail_start + i,
