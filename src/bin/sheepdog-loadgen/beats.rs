@@ -527,3 +527,43 @@ mod tests {
         assert_eq!(server.await.unwrap(), 1000);
     }
 }
+
+#[cfg(test)]
+mod inflate_cost {
+    use super::*;
+    use crate::gen::GenConfig;
+    use std::io::Read;
+
+    /// `cargo test --release --bin sheepdog-loadgen inflate_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn spliced_versus_plain_window_inflate_time() {
+        let mut g = EventGen::new(&GenConfig {
+            seed: 1,
+            users: 5000,
+        });
+        let events = beats_events(&mut g, 2048, false, 1, &mut 0);
+        let mut w = Window::build(&events, 3).unwrap();
+        w.patch(crate::stats::now_us());
+        let raw = data_frames(&events);
+        let mut plain = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(3));
+        std::io::Write::write_all(&mut plain, &raw).unwrap();
+        let plain = plain.finish().unwrap();
+        for (name, z) in [("spliced", &w.bytes[12..]), ("plain", &plain[..])] {
+            let t = std::time::Instant::now();
+            let mut out = Vec::new();
+            for _ in 0..50 {
+                out.clear();
+                flate2::read::ZlibDecoder::new(z)
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            let per_event = t.elapsed().as_secs_f64() / 50.0 / 2048.0 * 1e9;
+            eprintln!(
+                "{name}: {} compressed bytes for {} raw, {per_event:.0} ns/event to inflate",
+                z.len(),
+                raw.len()
+            );
+        }
+    }
+}
