@@ -479,3 +479,169 @@ fn reap(sink: &Sink, done: Option<Result<(), tokio::task::JoinError>>) {
         tracing::error!(output = %sink.id, error = %e, "bulk task failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use std::sync::Mutex;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::Semaphore;
+    use tokio_util::sync::CancellationToken;
+
+    type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    /// A cluster that answers from a script: each request takes the next reply whose path
+    /// matches, and every request line and body is recorded.
+    async fn scripted_cluster(script: Vec<(&'static str, u16, String)>) -> (String, Seen) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Arc::default();
+        let script = Arc::new(Mutex::new(script));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 65536];
+                let (head, body) = loop {
+                    let n = sock.read(&mut buf).await.unwrap();
+                    raw.extend_from_slice(&buf[..n]);
+                    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&raw[..end]).to_string();
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    while raw.len() < end + 4 + len {
+                        let n = sock.read(&mut buf).await.unwrap();
+                        raw.extend_from_slice(&buf[..n]);
+                    }
+                    break (
+                        head,
+                        String::from_utf8_lossy(&raw[end + 4..end + 4 + len]).to_string(),
+                    );
+                };
+                let line = head.lines().next().unwrap().to_string();
+                record.lock().unwrap().push((line.clone(), body));
+                let (status, reply) = {
+                    let mut script = script.lock().unwrap();
+                    let i = script
+                        .iter()
+                        .position(|(p, ..)| line.contains(p))
+                        .unwrap_or_else(|| panic!("unscripted request {line}"));
+                    let (_, s, r) = script.remove(i);
+                    (s, r)
+                };
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{reply}",
+                    reply.len()
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+            }
+        });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn resends_only_pushed_back_items_and_dead_letters_refused_ones() {
+        let item = |status: u16, error: &str| {
+            format!(r#"{{"index":{{"_index":"logs-2026.11.27","status":{status}{error}}}}}"#)
+        };
+        let first = format!(
+            r#"{{"errors":true,"items":[{},{},{}]}}"#,
+            item(201, ""),
+            item(
+                429,
+                r#","error":{"type":"es_rejected_execution_exception","reason":"queue full"}"#
+            ),
+            item(
+                400,
+                r#","error":{"type":"mapper_parsing_exception","reason":"failed to parse field [n]"}"#
+            ),
+        );
+        let (url, seen) = scripted_cluster(vec![
+            ("HEAD /_index_template/logs ", 404, String::new()),
+            (
+                "PUT /_index_template/logs ",
+                200,
+                r#"{"acknowledged":true}"#.into(),
+            ),
+            ("POST /_bulk ", 200, first),
+            ("POST /_bulk ", 200, r#"{"errors":false,"items":[]}"#.into()),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let config: super::super::Config = toml::from_str(&format!(
+            "hosts = \"{url}\"\nindex = \"logs-%{{+YYYY.MM.dd}}\"\nretry_initial_backoff = \"10ms\"\nflush_interval = \"10ms\""
+        ))
+        .unwrap();
+        let ctx = BuildContext::new(dir.path().to_path_buf(), CancellationToken::new());
+        let settings = config.settings(&ctx).unwrap_or_else(|p| panic!("{p:?}"));
+        let service = Service::new(&settings.service).unwrap();
+        let metrics = Metrics::register("es", &ctx);
+        let encoder = super::super::Encoder::new(settings.index.clone());
+        let sink = Sink::new("es", settings, service, metrics.clone(), &ctx);
+
+        let events: Vec<Event> = (0..3)
+            .map(|i| {
+                let mut m = serde_json::Map::new();
+                m.insert("n".into(), i.into());
+                Event::from_map(m, 1_795_774_502_123)
+            })
+            .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        let mut chunk = super::super::Chunk::default();
+        encoder.encode(&refs, &mut chunk);
+        let expected_retry = String::from_utf8(chunk.item(1).to_vec()).unwrap();
+        let full = String::from_utf8(chunk.buf.clone()).unwrap();
+        let permits = Arc::new(Semaphore::new(10));
+        let (tx, rx) = mpsc::channel(4);
+        metrics.queued.add(3);
+        tx.send(Pending {
+            chunk,
+            _permit: permits.clone().acquire_many_owned(3).await.unwrap(),
+            queued: metrics.queued.clone(),
+        })
+        .await
+        .unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), run(sink, rx))
+            .await
+            .expect("the sink finishes once its queue is closed and flushed");
+
+        let seen = seen.lock().unwrap().clone();
+        let lines: Vec<&str> = seen.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "HEAD /_index_template/logs HTTP/1.1",
+                "PUT /_index_template/logs HTTP/1.1",
+                "POST /_bulk HTTP/1.1",
+                "POST /_bulk HTTP/1.1"
+            ]
+        );
+        assert!(
+            seen[1].1.contains(r#""index_patterns":["logs-*"]"#),
+            "{}",
+            seen[1].1
+        );
+        assert_eq!(seen[2].1, full);
+        assert_eq!(seen[3].1, expected_retry, "only the 429 item is resent");
+        assert_eq!(metrics.indexed.get(), 2);
+        assert_eq!(metrics.retried_docs.get(), 1);
+        assert_eq!(metrics.dead_lettered.get(), 1);
+        assert_eq!(metrics.queued.get(), 0);
+        assert_eq!(permits.available_permits(), 10, "capacity is released");
+        let letters = std::fs::read_to_string(dir.path().join("dead_letter.ndjson")).unwrap();
+        let letter: serde_json::Value = serde_json::from_str(letters.trim()).unwrap();
+        assert_eq!(letter["document"]["n"], 2);
+        assert_eq!(letter["error"]["reason"], "failed to parse field [n]");
+    }
+}
