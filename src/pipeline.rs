@@ -15,7 +15,6 @@ use tokio::task::JoinHandle;
 
 /// An output as the workers see it.
 struct OutputSlot {
-    id: String,
     when: Option<Condition>,
     output: Box<dyn Output>,
 }
@@ -125,13 +124,11 @@ async fn worker(
     outputs: Arc<Vec<OutputSlot>>,
     events_out: crate::metrics::Counter,
 ) {
-    let mut selected: Vec<&crate::event::Event> = Vec::new();
     while let Some(mut batch) = queue.recv().await {
         for stage in stages.iter() {
             stage.apply_batch(&mut batch.events);
         }
         for slot in outputs.iter() {
-            // Safety of lifetimes: `selected` only borrows from `batch`, cleared before reuse.
             let refs: Vec<&crate::event::Event> = match &slot.when {
                 None => batch.events.iter().collect(),
                 Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
@@ -140,9 +137,8 @@ async fn worker(
                 slot.output.submit(&refs).await;
             }
         }
-        selected.clear();
         events_out.add(batch.events.len() as u64);
-        drop(batch);
+        // Dropping the batch returns its share of the queue's capacity.
     }
 }
 
@@ -178,7 +174,6 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
             .transpose()
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         output_slots.push(OutputSlot {
-            id: stage.id.clone(),
             when,
             output: started.output,
         });
@@ -256,14 +251,12 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
             tracing::warn!("filter worker did not drain before the shutdown deadline");
         }
     }
-    let ids: Vec<String> = outputs.iter().map(|o| o.id.clone()).collect();
     drop(outputs);
     for (id, task) in output_tasks {
         if tokio::time::timeout_at(deadline, task).await.is_err() {
             tracing::warn!(output = %id, "output did not flush before the shutdown deadline; undelivered events are lost");
         }
     }
-    let _ = ids;
     if let Some(api) = api_task {
         api.abort();
     }
