@@ -2,6 +2,7 @@
 //! chain (JSON, cost, mutate, date, status, latency buckets, GeoIP, user agent), Elasticsearch
 //! bulk and alert mail out.
 
+pub mod alerts;
 pub mod api;
 pub mod condition;
 pub mod config;

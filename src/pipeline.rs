@@ -93,6 +93,8 @@ pub fn validate(config: &PipelineConfig, ctx: &BuildContext) -> Vec<Problem> {
                 .map(|p| p.prefixed(&stage.path)),
         );
     }
+    // [alerts] (windowed rules)
+    problems.extend(crate::alerts::validate(config, ctx));
     if config.pipeline.batch_size == 0 {
         problems.push(Problem::at("pipeline.batch_size", "must be at least 1"));
     }
@@ -178,6 +180,15 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
             output: started.output,
         });
         output_tasks.push((stage.id.clone(), started.task));
+    }
+    // [alerts]: the rules see every event after the filters, fed like an output without `when`.
+    if let Some(started) = crate::alerts::start(&config, &ctx)? {
+        output_slots.push(OutputSlot {
+            id: "alerts".into(),
+            when: None,
+            output: started.output,
+        });
+        output_tasks.push(("alerts".into(), started.task));
     }
     let outputs = Arc::new(output_slots);
 

@@ -4,6 +4,7 @@
 
 pub mod elasticsearch;
 pub mod file;
+pub mod email;
 pub mod stdout;
 
 use crate::config::{PathSeg, Problem};
@@ -22,13 +23,14 @@ pub trait Output: Send + Sync {
 }
 
 /// Every output `type` the pipeline file accepts.
-pub const TYPES: &[&str] = &["elasticsearch", "stdout", "file"];
+pub const TYPES: &[&str] = &["elasticsearch", "stdout", "file", "email"];
 
 #[derive(Debug, Clone)]
 pub enum OutputConfig {
     Elasticsearch(elasticsearch::Config),
     Stdout(stdout::Config),
     File(file::Config),
+    Email(email::Config),
 }
 
 /// What starting an output yields: the handle workers submit to, and the task that drains it
@@ -50,6 +52,7 @@ impl OutputConfig {
             "elasticsearch" => OutputConfig::Elasticsearch(de(value, path, problems)?),
             "stdout" => OutputConfig::Stdout(de(value, path, problems)?),
             "file" => OutputConfig::File(de(value, path, problems)?),
+            "email" => OutputConfig::Email(de(value, path, problems)?),
             _ => return None,
         })
     }
@@ -60,6 +63,7 @@ impl OutputConfig {
             OutputConfig::Elasticsearch(c) => c.validate(ctx),
             OutputConfig::Stdout(c) => c.validate(ctx),
             OutputConfig::File(c) => c.validate(ctx),
+            OutputConfig::Email(c) => c.validate(ctx),
         }
     }
 
@@ -69,6 +73,7 @@ impl OutputConfig {
             OutputConfig::Elasticsearch(c) => c.start(id, ctx),
             OutputConfig::Stdout(c) => c.start(id, ctx),
             OutputConfig::File(c) => c.start(id, ctx).await,
+            OutputConfig::Email(c) => c.start(id, ctx),
         }
     }
 }
