@@ -135,16 +135,19 @@ fn compile(pipeline: &PipelineConfig) -> Result<(Option<Compiled>, Vec<Problem>)
             );
             p = match did_you_mean(&config.mail, &email_ids) {
                 Some(s) => p.hint(format!("did you mean `{s}`?")),
-                None if email_ids.is_empty() => {
-                    p.hint("add an [[outputs]] table with type = \"email\" and an id, or remove `mail`")
-                }
+                None if email_ids.is_empty() => p.hint(
+                    "add an [[outputs]] table with type = \"email\" and an id, or remove `mail`",
+                ),
                 None => p.hint(format!("email outputs: {}", email_ids.join(", "))),
             };
             problems.push(p);
         }
     }
     if config.evaluate_every.is_zero() {
-        problems.push(Problem::at_path(at(&root, "evaluate_every"), "must be longer than 0").hint("e.g. \"1s\""));
+        problems.push(
+            Problem::at_path(at(&root, "evaluate_every"), "must be longer than 0")
+                .hint("e.g. \"1s\""),
+        );
     }
     let mut rules = Vec::new();
     let mut names: Vec<&str> = Vec::new();
@@ -152,9 +155,18 @@ fn compile(pipeline: &PipelineConfig) -> Result<(Option<Compiled>, Vec<Problem>)
         let mut path = at(&root, "rules");
         path.push(PathSeg::Index(i));
         if r.name.trim().is_empty() {
-            problems.push(Problem::at_path(at(&path, "name"), "a rule needs a name").hint("e.g. name = \"error_rate\""));
+            problems.push(
+                Problem::at_path(at(&path, "name"), "a rule needs a name")
+                    .hint("e.g. name = \"error_rate\""),
+            );
         } else if names.contains(&r.name.as_str()) {
-            problems.push(Problem::at_path(at(&path, "name"), format!("duplicate rule name `{}`", r.name)).hint("give each rule a distinct name"));
+            problems.push(
+                Problem::at_path(
+                    at(&path, "name"),
+                    format!("duplicate rule name `{}`", r.name),
+                )
+                .hint("give each rule a distinct name"),
+            );
         }
         names.push(&r.name);
         let expr = match parse_expr(&r.expr) {
@@ -167,7 +179,10 @@ fn compile(pipeline: &PipelineConfig) -> Result<(Option<Compiled>, Vec<Problem>)
             }
         };
         if r.window < Duration::from_secs(1) {
-            problems.push(Problem::at_path(at(&path, "window"), "the window must be at least 1s").hint("e.g. \"5m\""));
+            problems.push(
+                Problem::at_path(at(&path, "window"), "the window must be at least 1s")
+                    .hint("e.g. \"5m\""),
+            );
         }
         let when = r
             .when
@@ -178,11 +193,18 @@ fn compile(pipeline: &PipelineConfig) -> Result<(Option<Compiled>, Vec<Problem>)
             at(&path, "error_when"),
             &mut problems,
         );
-        if r.error_when.is_some() && expr.as_ref().is_some_and(|e| e.measure != rule::Measure::ErrorRate) {
+        if r.error_when.is_some()
+            && expr
+                .as_ref()
+                .is_some_and(|e| e.measure != rule::Measure::ErrorRate)
+        {
             problems.push(
-                Problem::at_path(at(&path, "error_when"), "error_when only applies to error_rate rules")
-                    .hint("remove it, or use `when` to filter the events this rule counts")
-                    .warning(),
+                Problem::at_path(
+                    at(&path, "error_when"),
+                    "error_when only applies to error_rate rules",
+                )
+                .hint("remove it, or use `when` to filter the events this rule counts")
+                .warning(),
             );
         }
         let when_ok = !matches!(when, Some(None));
@@ -487,7 +509,11 @@ pub fn rule_mail(rule: &Rule, t: &Transition, prefix: &str) -> Mail {
     let _ = writeln!(text, "Expression: {}", rule.expr.source);
     let _ = writeln!(text, "Measured:   {value} over the last {window}");
     let _ = writeln!(text, "Threshold:  {threshold}");
-    let _ = writeln!(text, "Events:     {} in the window (minimum {})", t.events, rule.min_events);
+    let _ = writeln!(
+        text,
+        "Events:     {} in the window (minimum {})",
+        t.events, rule.min_events
+    );
     if let Some(w) = &rule.when {
         let _ = writeln!(text, "Counting:   events where {}", w.source());
     }

@@ -77,7 +77,9 @@ pub fn parse_expr(source: &str) -> Result<Expr, String> {
         .filter_map(|(t, op)| s.find(t).map(|p| (p, *t, *op)))
         .min_by_key(|(p, t, _)| (*p, std::cmp::Reverse(t.len())))
         .ok_or_else(|| {
-            format!("`{s}` has no comparison; write e.g. `error_rate > 1%` or `p99(latency_ms) > 100`")
+            format!(
+                "`{s}` has no comparison; write e.g. `error_rate > 1%` or `p99(latency_ms) > 100`"
+            )
         })?;
     let left = s[..pos].trim();
     let right = s[pos + text.len()..].trim();

@@ -143,7 +143,9 @@ impl MailQueue {
             Ok(()) => true,
             Err(_) => {
                 self.stats.dropped.inc();
-                self.stats.unreported_dropped.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .unreported_dropped
+                    .fetch_add(1, Ordering::Relaxed);
                 false
             }
         }
@@ -153,7 +155,9 @@ impl MailQueue {
     pub async fn send(&self, mail: Mail) {
         if self.tx.send(mail).await.is_err() {
             self.stats.dropped.inc();
-            self.stats.unreported_dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats
+                .unreported_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -179,7 +183,11 @@ pub fn start(
     let stats = Arc::new(Stats {
         unreported_dropped: AtomicU64::new(0),
         unreported_failed: AtomicU64::new(0),
-        sent: metrics.counter("sheepdog_email_sent_total", "Alert mails accepted by the SMTP server", &labels),
+        sent: metrics.counter(
+            "sheepdog_email_sent_total",
+            "Alert mails accepted by the SMTP server",
+            &labels,
+        ),
         dropped: metrics.counter(
             "sheepdog_email_dropped_total",
             "Alert mails dropped because the mail queue was full",
@@ -431,33 +439,35 @@ impl Sender {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let failure =
-                match tokio::time::timeout(s.send_timeout, self.transport.send(message.clone()))
-                    .await
-                {
-                    Ok(Ok(_)) => {
-                        self.stats.sent.inc();
-                        self.stats
-                            .unreported_dropped
-                            .fetch_sub(dropped, Ordering::Relaxed);
-                        self.stats
-                            .unreported_failed
-                            .fetch_sub(failed, Ordering::Relaxed);
-                        if self.spec.policy.max_per_hour.is_some() {
-                            self.sent_at.push_back(self.spec.clock.now_ms());
-                        }
-                        if self.spec.health.get().status != Status::Ok {
-                            self.spec.health.ok();
-                        }
-                        tracing::debug!(output = %self.spec.id, subject = %mail.subject, "alert mail sent");
-                        return;
+            let failure = match tokio::time::timeout(
+                s.send_timeout,
+                self.transport.send(message.clone()),
+            )
+            .await
+            {
+                Ok(Ok(_)) => {
+                    self.stats.sent.inc();
+                    self.stats
+                        .unreported_dropped
+                        .fetch_sub(dropped, Ordering::Relaxed);
+                    self.stats
+                        .unreported_failed
+                        .fetch_sub(failed, Ordering::Relaxed);
+                    if self.spec.policy.max_per_hour.is_some() {
+                        self.sent_at.push_back(self.spec.clock.now_ms());
                     }
-                    Ok(Err(e)) => (failure_of(&e), e.to_string()),
-                    Err(_) => (
-                        Failure::Timeout,
-                        format!("no answer within send_timeout {:?}", s.send_timeout),
-                    ),
-                };
+                    if self.spec.health.get().status != Status::Ok {
+                        self.spec.health.ok();
+                    }
+                    tracing::debug!(output = %self.spec.id, subject = %mail.subject, "alert mail sent");
+                    return;
+                }
+                Ok(Err(e)) => (failure_of(&e), e.to_string()),
+                Err(_) => (
+                    Failure::Timeout,
+                    format!("no answer within send_timeout {:?}", s.send_timeout),
+                ),
+            };
             let (kind, reason) = failure;
             let server = format!("{}:{}", s.host, s.port);
             if disposition(kind) == Disposition::GiveUp {
@@ -534,9 +544,15 @@ mod tests {
         let summary = held.take_summary(10);
         assert!(held.is_empty());
         assert_eq!(summary.events, 42);
-        assert!(summary.subject.starts_with("[sheepdog] 3 alert mails held back"));
+        assert!(summary
+            .subject
+            .starts_with("[sheepdog] 3 alert mails held back"));
         assert!(summary.text.contains("  2 x a\n"), "{}", summary.text);
-        assert!(summary.text.contains("  1 x digest b\n"), "{}", summary.text);
+        assert!(
+            summary.text.contains("  1 x digest b\n"),
+            "{}",
+            summary.text
+        );
         assert!(summary.text.contains("max_emails_per_hour = 10"));
     }
 }

@@ -226,9 +226,7 @@ fn compile_text(key: &str, source: &str, problems: &mut Vec<Problem>) -> Option<
 
 impl Config {
     /// SMTP settings and recipients (`None` recipients: mail is off). Also used by `[alerts]`.
-    pub(crate) fn mail_parts(
-        &self,
-    ) -> Result<(SmtpSettings, Option<Recipients>), Vec<Problem>> {
+    pub(crate) fn mail_parts(&self) -> Result<(SmtpSettings, Option<Recipients>), Vec<Problem>> {
         let mut problems = Vec::new();
         let from = parse_mailbox("from", &self.from, &mut problems);
         let to: Vec<Mailbox> = self
@@ -243,7 +241,8 @@ impl Config {
             .collect();
         if self.host.trim().is_empty() {
             problems.push(
-                Problem::at("host", "the SMTP host is empty").hint("set SMTP_HOST or host = \"localhost\""),
+                Problem::at("host", "the SMTP host is empty")
+                    .hint("set SMTP_HOST or host = \"localhost\""),
             );
         }
         if self.port == 0 {
@@ -282,8 +281,11 @@ impl Config {
                 Ok(pem) => {
                     if let Err(e) = lettre::transport::smtp::client::Certificate::from_pem(&pem) {
                         problems.push(
-                            Problem::at("ca_file", format!("`{path}` holds no usable PEM certificate: {e}"))
-                                .hint("give the PEM file of the server certificate or its CA"),
+                            Problem::at(
+                                "ca_file",
+                                format!("`{path}` holds no usable PEM certificate: {e}"),
+                            )
+                            .hint("give the PEM file of the server certificate or its CA"),
                         );
                     }
                     Some(pem)
@@ -297,7 +299,10 @@ impl Config {
                 }
             },
         };
-        for (key, d) in [("connect_timeout", self.connect_timeout), ("send_timeout", self.send_timeout)] {
+        for (key, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("send_timeout", self.send_timeout),
+        ] {
             if d.is_zero() {
                 problems.push(Problem::at(key, "must be longer than 0").hint("e.g. \"10s\""));
             }
@@ -357,8 +362,11 @@ impl Config {
         };
         if self.throttle_key.is_some() && self.throttle_window.is_zero() {
             problems.push(
-                Problem::at("throttle_window", "must be longer than 0 when throttle_key is set")
-                    .hint("e.g. \"5m\"; remove throttle_key to mail every event"),
+                Problem::at(
+                    "throttle_window",
+                    "must be longer than 0 when throttle_key is set",
+                )
+                .hint("e.g. \"5m\"; remove throttle_key to mail every event"),
             );
         }
         let mut distinct = Vec::new();
@@ -379,7 +387,11 @@ impl Config {
                 }
             }
         };
-        for (key, v) in [("queue_size", self.queue_size), ("max_attempts", self.max_attempts as usize), ("max_keys", self.max_keys)] {
+        for (key, v) in [
+            ("queue_size", self.queue_size),
+            ("max_attempts", self.max_attempts as usize),
+            ("max_keys", self.max_keys),
+        ] {
             if v == 0 {
                 problems.push(Problem::at(key, "must be at least 1"));
             }
@@ -397,7 +409,8 @@ impl Config {
                     max_attempts: self.max_attempts,
                     backoff: self.retry_backoff,
                     max_backoff: self.retry_max_backoff.max(self.retry_backoff),
-                    max_per_hour: (self.max_emails_per_hour > 0).then_some(self.max_emails_per_hour),
+                    max_per_hour: (self.max_emails_per_hour > 0)
+                        .then_some(self.max_emails_per_hour),
                 },
                 subject: subject.expect("no errors"),
                 body,
@@ -487,7 +500,8 @@ impl Config {
             ),
         });
         let closed = CancellationToken::new();
-        let tick = (self.throttle_window / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let tick =
+            (self.throttle_window / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
         let digests = tokio::spawn(digest_loop(inner.clone(), closed.clone(), tick));
         let task = tokio::spawn(async move {
             let _ = digests.await;
@@ -668,20 +682,29 @@ pub fn render_digest(d: &Digest, fields: &DigestFields, window: Duration) -> Mai
         format_timestamp_ms(d.window_end_ms)
     );
     let _ = writeln!(text, "Events:      {}", d.count);
-    let _ = writeln!(text, "First seen:  {}", format_timestamp_ms(d.first_seen_ms));
+    let _ = writeln!(
+        text,
+        "First seen:  {}",
+        format_timestamp_ms(d.first_seen_ms)
+    );
     let _ = writeln!(text, "Last seen:   {}", format_timestamp_ms(d.last_seen_ms));
     for (path, distinct) in fields.distinct.iter().zip(&d.distinct) {
         let _ = writeln!(
             text,
             "{} ({}{}): {}",
-            path,
+            path.keys().join("."),
             distinct.values.len(),
             if distinct.truncated { "+" } else { "" },
             distinct.values.join(", ")
         );
     }
     if let Some(sample) = &fields.sample {
-        let _ = writeln!(text, "Sample {}: {}", sample, d.samples.join(", "));
+        let _ = writeln!(
+            text,
+            "Sample {}: {}",
+            sample.keys().join("."),
+            d.samples.join(", ")
+        );
     }
     Mail {
         subject,

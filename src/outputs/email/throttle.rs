@@ -259,7 +259,8 @@ mod tests {
     use serde_json::json;
 
     fn event(model: &str, user: &str, id: u32, ts: i64) -> Event {
-        let Value::Object(m) = json!({"model": model, "user_id": user, "request_id": format!("r{id}")})
+        let Value::Object(m) =
+            json!({"model": model, "user_id": user, "request_id": format!("r{id}")})
         else {
             unreachable!()
         };
@@ -281,7 +282,10 @@ mod tests {
     #[test]
     fn first_mails_rest_counted_then_one_digest() {
         let mut t = throttle(5_000, 100);
-        assert_eq!(t.observe("a", &event("m1", "u1", 0, 1_000), 1_000), Verdict::MailNow);
+        assert_eq!(
+            t.observe("a", &event("m1", "u1", 0, 1_000), 1_000),
+            Verdict::MailNow
+        );
         t.set_subject("a", "boom");
         for i in 1..=10 {
             let user = if i % 2 == 0 { "u1" } else { "u2" };
@@ -300,13 +304,19 @@ mod tests {
         assert_eq!(d[0].distinct[1].values, ["u2", "u1"]);
         assert_eq!(d[0].samples, ["r1", "r2", "r3"]);
         // still in digest mode for the next window
-        assert_eq!(t.observe("a", &event("m1", "u1", 11, 7_000), 7_000), Verdict::Counted);
+        assert_eq!(
+            t.observe("a", &event("m1", "u1", 11, 7_000), 7_000),
+            Verdict::Counted
+        );
         let d = t.expire(11_000);
         assert_eq!((d.len(), d[0].count, d[0].window_start_ms), (1, 1, 6_000));
         // a quiet window forgets the key: its next event mails again
         assert!(t.expire(16_000).is_empty());
         assert!(t.is_empty());
-        assert_eq!(t.observe("a", &event("m1", "u1", 12, 17_000), 17_000), Verdict::MailNow);
+        assert_eq!(
+            t.observe("a", &event("m1", "u1", 12, 17_000), 17_000),
+            Verdict::MailNow
+        );
     }
 
     #[test]
