@@ -8,7 +8,8 @@ use crate::event::{Event, FieldPath};
 use serde_json::Value;
 use std::collections::HashMap;
 
-/// Time buckets per window: the window slides in steps of `window / BUCKETS` (at least 1s).
+/// Most time buckets per window: the window slides in steps of `window / BUCKETS`, at least 1s
+/// (so a 5m window moves in 5s steps, a 3s window in 1s steps).
 pub const BUCKETS: i64 = 60;
 
 /// What a rule measures over its window.
@@ -220,9 +221,9 @@ struct Window {
 }
 
 impl Window {
-    fn new() -> Self {
+    fn new(buckets: i64) -> Self {
         Window {
-            buckets: vec![Bucket::empty(); BUCKETS as usize],
+            buckets: vec![Bucket::empty(); buckets as usize],
             hist: Vec::new(),
             firing_since: None,
         }
@@ -243,7 +244,8 @@ impl Window {
     }
 
     fn observe(&mut self, slot: i64, error: bool, value: Option<f64>, histogram: bool) {
-        let b = &mut self.buckets[slot.rem_euclid(BUCKETS) as usize];
+        let n = self.buckets.len() as i64;
+        let b = &mut self.buckets[slot.rem_euclid(n) as usize];
         if b.slot < slot {
             Self::recycle(&mut self.hist, b, slot);
         }
@@ -271,7 +273,7 @@ impl Window {
 
     /// Events in the window ending at `slot`, and the measured value (None without values).
     fn measure(&mut self, slot: i64, measure: &Measure) -> (u64, Option<f64>) {
-        let oldest = slot - BUCKETS + 1;
+        let oldest = slot - self.buckets.len() as i64 + 1;
         let (mut count, mut errors, mut values, mut sum) = (0u64, 0u64, 0u64, 0.0f64);
         let (mut min, mut max) = (f64::INFINITY, f64::NEG_INFINITY);
         for b in self.buckets.iter_mut() {
@@ -335,6 +337,8 @@ pub struct Rule {
     pub name: String,
     pub expr: Expr,
     pub window_ms: i64,
+    /// Buckets per window and their width: `buckets * bucket_ms` covers the window.
+    pub buckets: i64,
     pub bucket_ms: i64,
     pub min_events: u64,
     pub when: Option<Condition>,
@@ -369,11 +373,14 @@ impl Rule {
         error_when: Condition,
         max_groups: usize,
     ) -> Self {
-        let bucket_ms = ((window_ms + BUCKETS - 1) / BUCKETS).max(1000);
+        let window_ms = window_ms.max(1000);
+        let buckets = ((window_ms + 999) / 1000).clamp(1, BUCKETS);
+        let bucket_ms = (window_ms + buckets - 1) / buckets;
         Rule {
             name,
             expr,
             window_ms,
+            buckets,
             bucket_ms,
             min_events,
             when,
@@ -423,7 +430,9 @@ impl Rule {
                         *dropped_groups += 1;
                         continue;
                     }
-                    groups.entry(group.to_string()).or_insert_with(Window::new)
+                    groups
+                        .entry(group.to_string())
+                        .or_insert_with(|| Window::new(self.buckets))
                 }
             };
             window.observe(slot, error, value, histogram);

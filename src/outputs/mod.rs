@@ -3,8 +3,8 @@
 //! output's own bounded queue, so a slow output applies backpressure to the pipeline.
 
 pub mod elasticsearch;
-pub mod file;
 pub mod email;
+pub mod file;
 pub mod stdout;
 
 use crate::config::{PathSeg, Problem};

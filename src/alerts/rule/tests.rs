@@ -200,6 +200,25 @@ fn too_many_groups_are_counted_not_tracked() {
 }
 
 #[test]
+fn short_windows_slide_in_seconds_long_ones_in_sixtieths() {
+    let r = rule("count > 1", 3_000, 1);
+    assert_eq!((r.buckets, r.bucket_ms), (3, 1_000));
+    let r = rule("count > 1", 300_000, 1);
+    assert_eq!((r.buckets, r.bucket_ms), (60, 5_000));
+    let r = rule("count > 1", 86_400_000, 1);
+    assert_eq!((r.buckets, r.bucket_ms), (60, 1_440_000));
+    // A 3s window forgets events after 3s.
+    let r = rule("count > 5", 3_000, 1);
+    let mut now = 10_000;
+    let t = run(&r, &mut now, 1, 10, &|_| event(json!({})));
+    assert!(t[0].firing);
+    assert!(r.evaluate(now + 1_000).is_empty());
+    let t = r.evaluate(now + 2_000);
+    assert_eq!(t.len(), 1);
+    assert!(!t[0].firing);
+}
+
+#[test]
 fn values_format_like_the_rule() {
     assert_eq!(format_value(&Measure::ErrorRate, 0.0125), "1.25%");
     assert_eq!(format_value(&Measure::ErrorRate, 0.01), "1%");
