@@ -184,7 +184,6 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
     // [alerts]: the rules see every event after the filters, fed like an output without `when`.
     if let Some(started) = crate::alerts::start(&config, &ctx)? {
         output_slots.push(OutputSlot {
-            id: "alerts".into(),
             when: None,
             output: started.output,
         });
