@@ -393,3 +393,91 @@ fn replacing_the_database_under_load_loses_no_events() {
     let log = dog.log();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn enriched_events_are_searchable_in_elasticsearch() {
+    let es = Osmem::start();
+    let db = fixture("GeoLite2-City-Test.mmdb");
+    let mut dog = Sheepdog::start(
+        "pipelines/holysheep.toml",
+        &[
+            ("ES_HOSTS", es.url.as_str()),
+            ("GEOIP_DB", db.to_str().unwrap()),
+        ],
+    );
+    let clients = [
+        ("81.2.69.142", "OpenAI/Python 1.54.0", 6),
+        ("216.160.83.56", "Anthropic/Python 0.39.0", 3),
+        ("89.160.20.112", "python-httpx/0.27.0", 2),
+        ("2001:218::1", "curl/8.5.0", 1),
+        ("10.0.0.7", "axios/1.7.2", 1),
+        ("not-an-ip", "Go-http-client/2.0", 1),
+    ];
+    let mut body = String::new();
+    let mut n = 0;
+    for (ip, agent, count) in clients {
+        for _ in 0..count {
+            let e = json!({"request_id": format!("r{n}"), "status": "success", "client_ip": ip, "user_agent": agent});
+            body.push_str(&e.to_string());
+            body.push('\n');
+            n += 1;
+        }
+    }
+    assert_eq!(dog.post(body, "application/x-ndjson").0, 200);
+    assert_eq!(es.wait_count("holysheep-logs-*", n, Duration::from_secs(30)), n);
+    es.refresh();
+
+    let countries = es.search(
+        "holysheep-logs-*",
+        &json!({"size": 0, "aggs": {"c": {"terms": {"field": "geoip.geo.country_iso_code"}}}}),
+    );
+    let buckets: Vec<(String, u64)> = countries["aggregations"]["c"]["buckets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{countries}"))
+        .iter()
+        .map(|b| (b["key"].as_str().unwrap().to_string(), b["doc_count"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        buckets,
+        sorted_buckets(&[("GB", 6), ("US", 3), ("SE", 2), ("JP", 1)]),
+        "{countries}"
+    );
+
+    // Within 50 km of central London: the six London requests.
+    let near = es.search(
+        "holysheep-logs-*",
+        &json!({"size": 20, "query": {"geo_distance": {"distance": "50km", "geoip.geo.location": {"lat": 51.5074, "lon": -0.1278}}}}),
+    );
+    let hits = near["hits"]["hits"].as_array().unwrap_or_else(|| panic!("{near}"));
+    assert_eq!(hits.len(), 6, "{near}");
+    for h in hits {
+        assert_eq!(h["_source"]["geoip"]["geo"]["city_name"], "London");
+        assert_eq!(h["_source"]["ua"]["name"], "OpenAI/Python");
+    }
+
+    let sdk = es.search(
+        "holysheep-logs-*",
+        &json!({"size": 0, "query": {"term": {"ua.name": "Anthropic/Python"}}}),
+    );
+    assert_eq!(sdk["hits"]["total"]["value"], 3, "{sdk}");
+    let invalid = es.search(
+        "holysheep-logs-*",
+        &json!({"size": 5, "query": {"term": {"tags": "_geoip_invalid_ip"}}}),
+    );
+    assert_eq!(invalid["hits"]["total"]["value"], 1, "{invalid}");
+    assert_eq!(invalid["hits"]["hits"][0]["_source"]["ua"]["name"], "Go-http-client");
+    let private = es.search(
+        "holysheep-logs-*",
+        &json!({"size": 5, "query": {"term": {"client_ip": "10.0.0.7"}}}),
+    );
+    let doc = &private["hits"]["hits"][0]["_source"];
+    assert!(doc.get("geoip").is_none() && !doc.to_string().contains("_geoip"), "{doc}");
+    assert!(dog.stop().success());
+}
+
+/// Terms buckets in Elasticsearch's order: count descending, then key ascending.
+fn sorted_buckets(items: &[(&str, u64)]) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = items.iter().map(|(k, c)| (k.to_string(), *c)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}

@@ -1,0 +1,269 @@
+//! GeoIP lookups on the full-size GeoLite2-City database and user-agent parsing over a
+//! realistic mix of agents, with and without the caches, on one and on two threads.
+//!
+//! GEOLITE2_CITY=GeoLite2/GeoLite2-City.mmdb cargo bench --bench enrich
+//! (scripts/fetch-geolite2 puts the 2018 database there; without it the GeoIP benches fail
+//! with that hint.)
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use serde_json::json;
+use sheepdog::event::Event;
+use sheepdog::filters::geoip;
+use sheepdog::filters::useragent;
+use sheepdog::filters::Filter;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+fn database() -> String {
+    let path = std::env::var("GEOLITE2_CITY")
+        .unwrap_or_else(|_| "GeoLite2/GeoLite2-City.mmdb".into());
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: run scripts/fetch-geolite2 or set GEOLITE2_CITY"
+    );
+    path
+}
+
+/// A small deterministic generator (xorshift), so runs compare.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// Public IPv4 addresses spread over the whole space (most are in the database).
+fn public_ips(n: usize) -> Vec<IpAddr> {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        let ip = IpAddr::V4(Ipv4Addr::from(rng.next() as u32));
+        if !geoip::is_local(ip) && (rng.0 as u8) < 224 {
+            out.push(ip);
+        }
+    }
+    out
+}
+
+/// A client-IP stream where a few thousand clients repeat, skewed towards the busiest.
+fn repeating_ips(distinct: usize, n: usize) -> Vec<String> {
+    let pool = public_ips(distinct);
+    let mut rng = Rng(42);
+    (0..n)
+        .map(|_| {
+            let a = rng.next() as usize % distinct;
+            let b = rng.next() as usize % distinct;
+            pool[a.min(b)].to_string()
+        })
+        .collect()
+}
+
+/// A few hundred agents as an LLM API sees them: mostly SDKs and HTTP libraries, some
+/// browsers (playgrounds, dashboards), some crawlers.
+pub fn agent_mix() -> Vec<String> {
+    let mut a = Vec::new();
+    for v in 0..60 {
+        a.push(format!("OpenAI/Python 1.{v}.0"));
+    }
+    for v in 0..40 {
+        a.push(format!("Anthropic/Python 0.{v}.0"));
+    }
+    for v in 0..20 {
+        a.push(format!("OpenAI/JS 4.{v}.1"));
+        a.push(format!("Anthropic/JS 0.{v}.0"));
+    }
+    for v in 0..20 {
+        a.push(format!("python-httpx/0.{v}.0"));
+        a.push(format!("python-requests/2.{v}.0"));
+        a.push(format!("axios/1.{}.{}", v / 4, v % 4));
+        a.push(format!("okhttp/4.{v}.0"));
+        a.push(format!("curl/8.{v}.0"));
+    }
+    a.push("Go-http-client/1.1".into());
+    a.push("Go-http-client/2.0".into());
+    a.push("node-fetch/1.0 (+https://github.com/bitinn/node-fetch)".into());
+    a.push("Python/3.11 aiohttp/3.9.5".into());
+    a.push("Java-http-client/17.0.9".into());
+    a.push("PostmanRuntime/7.39.0".into());
+    for v in 100..140 {
+        a.push(format!("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"));
+        a.push(format!("Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/{v}.0.0.0 Safari/537.36"));
+    }
+    for v in 100..130 {
+        a.push(format!(
+            "Mozilla/5.0 (X11; Linux x86_64; rv:{v}.0) Gecko/20100101 Firefox/{v}.0"
+        ));
+    }
+    for v in 15..18 {
+        for m in 0..6 {
+            a.push(format!("Mozilla/5.0 (iPhone; CPU iPhone OS {v}_{m} like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/{v}.{m} Mobile/15E148 Safari/604.1"));
+        }
+    }
+    a.push("Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)".into());
+    a.push("Mozilla/5.0 (compatible; bingbot/2.0; +http://www.bing.com/bingbot.htm)".into());
+    a.push("Mozilla/5.0 AppleWebKit/537.36 (KHTML, like Gecko; compatible; GPTBot/1.2; +https://openai.com/gptbot)".into());
+    a
+}
+
+/// The agent stream: SDK-heavy, skewed towards the popular ones.
+fn agent_stream(n: usize) -> Vec<String> {
+    let mix = agent_mix();
+    let mut rng = Rng(7);
+    (0..n)
+        .map(|_| {
+            let a = rng.next() as usize % mix.len();
+            let b = rng.next() as usize % mix.len();
+            mix[a.min(b)].clone()
+        })
+        .collect()
+}
+
+fn geoip_filter(cache_size: usize) -> geoip::GeoipFilter {
+    let ctx = sheepdog::BuildContext::new("data".into(), Default::default());
+    let cfg = format!("database = '{}'\ncache_size = {cache_size}", database());
+    let mut warnings = Vec::new();
+    let f = toml::from_str::<geoip::Config>(&cfg)
+        .unwrap()
+        .build(&ctx, &mut warnings)
+        .unwrap();
+    assert!(warnings.is_empty(), "{warnings:?}");
+    f
+}
+
+fn events(field: &str, values: &[String]) -> Vec<Event> {
+    values
+        .iter()
+        .map(|v| Event::from_map(json!({ field: v }).as_object().unwrap().clone(), 0))
+        .collect()
+}
+
+/// Runs `work` over `items` on `threads` threads, each taking every `threads`-th item.
+fn on_threads<T: Sync>(threads: usize, items: &[T], work: impl Fn(&T) + Sync) -> Duration {
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let work = &work;
+            s.spawn(move || {
+                for item in items.iter().skip(t).step_by(threads) {
+                    work(item);
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn bench_geoip(c: &mut Criterion) {
+    let path = database();
+    let start = Instant::now();
+    let loaded = geoip::open(std::path::Path::new(&path), geoip::Kind::City).unwrap();
+    eprintln!(
+        "open + verify {path}: {:?} ({} records, {} nodes)",
+        start.elapsed(),
+        loaded.summary.data_records,
+        loaded.summary.node_count
+    );
+    drop(loaded);
+
+    let mut g = c.benchmark_group("geoip");
+    let uncached = geoip_filter(0);
+    let ips = public_ips(10_000);
+    g.throughput(Throughput::Elements(ips.len() as u64));
+    g.bench_function("lookup_uncached_10k_distinct", |b| {
+        b.iter(|| {
+            for ip in &ips {
+                black_box(uncached.lookup(*ip));
+            }
+        })
+    });
+    let stream = repeating_ips(5_000, 20_000);
+    let template = events("client_ip", &stream);
+    g.throughput(Throughput::Elements(stream.len() as u64));
+    for cache in [0usize, 16_384] {
+        let f = geoip_filter(cache);
+        g.bench_with_input(
+            BenchmarkId::new("apply_5k_clients", format!("cache={cache}")),
+            &cache,
+            |b, _| {
+                b.iter_batched_ref(
+                    || template.clone(),
+                    |evs| {
+                        for e in evs.iter_mut() {
+                            f.apply(e);
+                        }
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("apply_5k_clients_2_threads", format!("cache={cache}")),
+            &cache,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let evs = template.clone();
+                        let evs: Vec<std::sync::Mutex<Event>> =
+                            evs.into_iter().map(std::sync::Mutex::new).collect();
+                        total += on_threads(2, &evs, |e| {
+                            f.apply(&mut e.lock().unwrap());
+                        });
+                    }
+                    total
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn bench_useragent(c: &mut Criterion) {
+    let stream = agent_stream(20_000);
+    let mut g = c.benchmark_group("useragent");
+    g.throughput(Throughput::Elements(stream.len() as u64));
+    for cache in [0usize, 4096] {
+        let cfg = format!("cache_size = {cache}");
+        let f = toml::from_str::<useragent::Config>(&cfg)
+            .unwrap()
+            .build()
+            .unwrap();
+        g.bench_with_input(
+            BenchmarkId::new("parse_mix", format!("cache={cache}")),
+            &cache,
+            |b, _| {
+                b.iter(|| {
+                    for a in &stream {
+                        black_box(f.parse_cached(a));
+                    }
+                })
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("parse_mix_2_threads", format!("cache={cache}")),
+            &cache,
+            |b, _| {
+                b.iter_custom(|iters| {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        total += on_threads(2, &stream, |a| {
+                            black_box(f.parse_cached(a));
+                        });
+                    }
+                    total
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20).measurement_time(Duration::from_secs(4)).warm_up_time(Duration::from_secs(1));
+    targets = bench_geoip, bench_useragent
+}
+criterion_main!(benches);
