@@ -15,8 +15,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 fn database() -> String {
-    let path = std::env::var("GEOLITE2_CITY")
-        .unwrap_or_else(|_| "GeoLite2/GeoLite2-City.mmdb".into());
+    let path =
+        std::env::var("GEOLITE2_CITY").unwrap_or_else(|_| "GeoLite2/GeoLite2-City.mmdb".into());
     assert!(
         std::path::Path::new(&path).exists(),
         "{path} is missing: run scripts/fetch-geolite2 or set GEOLITE2_CITY"

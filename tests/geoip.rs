@@ -424,7 +424,10 @@ fn enriched_events_are_searchable_in_elasticsearch() {
         }
     }
     assert_eq!(dog.post(body, "application/x-ndjson").0, 200);
-    assert_eq!(es.wait_count("holysheep-logs-*", n, Duration::from_secs(30)), n);
+    assert_eq!(
+        es.wait_count("holysheep-logs-*", n, Duration::from_secs(30)),
+        n
+    );
     es.refresh();
 
     let countries = es.search(
@@ -435,7 +438,12 @@ fn enriched_events_are_searchable_in_elasticsearch() {
         .as_array()
         .unwrap_or_else(|| panic!("{countries}"))
         .iter()
-        .map(|b| (b["key"].as_str().unwrap().to_string(), b["doc_count"].as_u64().unwrap()))
+        .map(|b| {
+            (
+                b["key"].as_str().unwrap().to_string(),
+                b["doc_count"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         buckets,
@@ -448,7 +456,9 @@ fn enriched_events_are_searchable_in_elasticsearch() {
         "holysheep-logs-*",
         &json!({"size": 20, "query": {"geo_distance": {"distance": "50km", "geoip.geo.location": {"lat": 51.5074, "lon": -0.1278}}}}),
     );
-    let hits = near["hits"]["hits"].as_array().unwrap_or_else(|| panic!("{near}"));
+    let hits = near["hits"]["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{near}"));
     assert_eq!(hits.len(), 6, "{near}");
     for h in hits {
         assert_eq!(h["_source"]["geoip"]["geo"]["city_name"], "London");
@@ -465,13 +475,19 @@ fn enriched_events_are_searchable_in_elasticsearch() {
         &json!({"size": 5, "query": {"term": {"tags": "_geoip_invalid_ip"}}}),
     );
     assert_eq!(invalid["hits"]["total"]["value"], 1, "{invalid}");
-    assert_eq!(invalid["hits"]["hits"][0]["_source"]["ua"]["name"], "Go-http-client");
+    assert_eq!(
+        invalid["hits"]["hits"][0]["_source"]["ua"]["name"],
+        "Go-http-client"
+    );
     let private = es.search(
         "holysheep-logs-*",
         &json!({"size": 5, "query": {"term": {"client_ip": "10.0.0.7"}}}),
     );
     let doc = &private["hits"]["hits"][0]["_source"];
-    assert!(doc.get("geoip").is_none() && !doc.to_string().contains("_geoip"), "{doc}");
+    assert!(
+        doc.get("geoip").is_none() && !doc.to_string().contains("_geoip"),
+        "{doc}"
+    );
     assert!(dog.stop().success());
 }
 
