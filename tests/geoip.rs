@@ -48,7 +48,7 @@ fn source_records(name: &str) -> Vec<(IpAddr, Value)> {
 /// What the stage must write for a City record, derived from the source JSON.
 fn expected_city(ip: IpAddr, rec: &Value) -> Value {
     let mut geo = Map::new();
-    let s = |v: &Value| v.as_str().map(|x| Value::from(x));
+    let s = |v: &Value| v.as_str().map(Value::from);
     let country_iso = rec["country"]["iso_code"].as_str();
     if let Some(v) = s(&rec["country"]["iso_code"]) {
         geo.insert("country_iso_code".into(), v);
