@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::collections::HashMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,37 +42,92 @@ fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The shipped pipeline (inputs and filters) with a `file` output, extra settings for the
-/// beats input, and a filter that copies metadata into fields so the output shows it.
-fn pipeline(out: &Path, beats_extra: &str, pipeline_extra: &str) -> PathBuf {
+/// The shipped pipeline as operators run it (Elasticsearch output at `ES_HOSTS`), with extra
+/// settings for the beats input and a filter that copies metadata into fields so the indexed
+/// documents show it. Written to `<dir>/pipeline.toml`.
+fn pipeline(dir: &Path, beats_extra: &str, pipeline_extra: &str) -> PathBuf {
     let shipped = std::fs::read_to_string(repo_root().join("pipelines/holysheep.toml")).unwrap();
     let cut = shipped
         .find("\n[[outputs]]")
         .expect("shipped pipeline has outputs");
-    let mut text = shipped[..cut].to_string();
-    text = text.replace(
+    let (filters, outputs) = shipped.split_at(cut);
+    let mut text = filters.replace(
         "keepalive_interval = \"5s\"",
         &format!("keepalive_interval = \"5s\"\n{beats_extra}"),
     );
     if !pipeline_extra.is_empty() {
         text = text.replace("queue_capacity = 65536", pipeline_extra);
     }
-    text.push_str(&format!(
+    text.push_str(
         r#"
 [[filters]]
 type = "mutate"
 id = "show_metadata"
-add_field = {{ meta_beat = "%{{[@metadata][beat]}}", meta_version = "%{{[@metadata][version]}}", meta_peer = "%{{[@metadata][input][beats][host][ip]}}" }}
-
-[[outputs]]
-type = "file"
-path = "{}"
+add_field = { meta_beat = "%{[@metadata][beat]}", meta_version = "%{[@metadata][version]}", meta_peer = "%{[@metadata][input][beats][host][ip]}" }
 "#,
-        out.display()
-    ));
-    let path = out.with_file_name("pipeline.toml");
+    );
+    // A slow Elasticsearch (osmem on two busy shared cores can take over a minute for a
+    // 4096-document bulk) must not time out bulks that it still indexes: the retry would index
+    // them twice, and these tests count duplicates of the Beats path.
+    let outputs = outputs.replace(
+        "\ndead_letter_path =",
+        "\nrequest_timeout = \"300s\"\ndead_letter_path =",
+    );
+    assert!(
+        outputs.contains("request_timeout"),
+        "shipped ES output changed"
+    );
+    text.push_str(&outputs);
+    let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+const INDICES: &str = "holysheep-logs-*";
+
+/// Every document in `holysheep-logs-*`, read with the scroll API.
+fn all_documents(es: &Osmem) -> Vec<Value> {
+    es.refresh();
+    let http = client();
+    let mut reply: Value = http
+        .post(format!("{}/{INDICES}/_search?scroll=1m", es.url))
+        .json(&serde_json::json!({"size": 5000}))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut docs = Vec::new();
+    loop {
+        let hits = reply["hits"]["hits"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if hits.is_empty() {
+            return docs;
+        }
+        docs.extend(hits.into_iter().map(|h| h["_source"].clone()));
+        let id = reply["_scroll_id"].as_str().expect("scroll id").to_string();
+        reply = http
+            .post(format!("{}/_search/scroll", es.url))
+            .json(&serde_json::json!({"scroll": "1m", "scroll_id": id}))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+    }
+}
+
+/// Waits until Elasticsearch holds `n` documents (and a moment longer, so duplicates would
+/// show); returns them all.
+fn es_events(es: &Osmem, n: usize, what: &str, log: impl Fn() -> String) -> Vec<Value> {
+    let got = es.wait_count(INDICES, n as u64, Duration::from_secs(180));
+    assert!(
+        got >= n as u64,
+        "{what}: {got} of {n} documents after 180s\n{}",
+        tail(&log())
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    all_documents(es)
 }
 
 /// Log files like our users': JSON request logs (some without `message`) and application logs
@@ -317,13 +371,6 @@ fn filebeat_trouble(log: &str) -> Vec<String> {
         .collect()
 }
 
-fn parse_lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad output line {l:?}: {e}")))
-        .collect()
-}
-
 /// The request_id of an output event: at the root (JSON logs), or inside the message text
 /// (multiline application logs, whose message is not a single JSON object).
 fn request_id(e: &Value) -> String {
@@ -341,48 +388,49 @@ fn request_id(e: &Value) -> String {
     }
 }
 
-/// Waits until the output files hold `n` events; returns them.
-fn wait_events(outs: &[&Path], n: usize, what: &str, fb: &Filebeat) -> Vec<Value> {
-    let start = Instant::now();
-    loop {
-        let mut all = Vec::new();
-        for o in outs {
-            all.extend(parse_lines(&std::fs::read_to_string(o).unwrap_or_default()));
-        }
-        if all.len() >= n {
-            // anything more would be a duplicate: give it a moment to show up
-            std::thread::sleep(Duration::from_millis(500));
-            let mut all = Vec::new();
-            for o in outs {
-                all.extend(parse_lines(&std::fs::read_to_string(o).unwrap_or_default()));
+/// What a failed delivery check prints: the daemon's log and beats/ES metrics, Filebeat's
+/// complaints.
+fn diagnose(dogs: &[&Sheepdog], fb: Option<&Filebeat>) -> String {
+    let mut out = String::new();
+    for d in dogs {
+        out.push_str(&format!(
+            "--- sheepdog log\n{}\n--- metrics\n",
+            tail(&d.log())
+        ));
+        for l in d.metrics().lines() {
+            if (l.starts_with("sheepdog_beats")
+                || l.starts_with("sheepdog_es")
+                || l.starts_with("sheepdog_input"))
+                && !l.ends_with(" 0")
+            {
+                out.push_str(l);
+                out.push('\n');
             }
-            return all;
         }
-        if start.elapsed() > Duration::from_secs(90) {
-            panic!(
-                "{what}: {} of {n} events after 90s\nfilebeat log:\n{}",
-                all.len(),
-                tail(&fb.log())
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
+    if let Some(fb) = fb {
+        out.push_str(&format!(
+            "--- filebeat trouble\n{}\n",
+            filebeat_trouble(&fb.log()).join("\n")
+        ));
+    }
+    out
 }
 
 /// Every id exactly once, and the shipped filter chain and Filebeat's fields came through.
-fn assert_exactly_once(events: &[Value], ids: &[String]) {
+fn assert_exactly_once(events: &[Value], ids: &[String], context: impl Fn() -> String) {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for e in events {
         *seen.entry(request_id(e)).or_default() += 1;
     }
     let dups: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).take(5).collect();
-    assert!(dups.is_empty(), "duplicates: {dups:?}");
+    assert!(dups.is_empty(), "duplicates: {dups:?}\n{}", context());
     let missing: Vec<_> = ids
         .iter()
         .filter(|id| !seen.contains_key(*id))
         .take(5)
         .collect();
-    assert!(missing.is_empty(), "missing: {missing:?}");
+    assert!(missing.is_empty(), "missing: {missing:?}\n{}", context());
     assert_eq!(events.len(), ids.len());
 }
 
@@ -425,11 +473,11 @@ fn metric(dog: &Sheepdog, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn filebeat_run(compression: u32) {
+fn filebeat_run(compression: u32, json_files: usize, json_lines: usize) {
     let dir = scratch_dir(&format!("fb{compression}"));
-    let ids = write_logs(&dir, 4, 6000, 2, 2500);
-    let out = dir.join("events.ndjson");
-    let dog = Sheepdog::start(pipeline(&out, "", ""), &[]);
+    let ids = write_logs(&dir, json_files, json_lines, 2, 2000);
+    let es = Osmem::start();
+    let dog = Sheepdog::start(pipeline(&dir, "", ""), &[("ES_HOSTS", es.url.as_str())]);
     let mut fb = Filebeat::start(
         &dir,
         &FilebeatOptions {
@@ -440,9 +488,9 @@ fn filebeat_run(compression: u32) {
             ssl: "",
         },
     );
-    let events = wait_events(&[&out], ids.len(), "filebeat", &fb);
+    let events = es_events(&es, ids.len(), "filebeat", || fb.log());
     fb.wait_fully_acked(&dir);
-    assert_exactly_once(&events, &ids);
+    assert_exactly_once(&events, &ids, || diagnose(&[&dog], Some(&fb)));
     assert_filebeat_fields(&events, "127.0.0.1");
     let trouble = filebeat_trouble(&fb.log());
     assert!(
@@ -468,24 +516,24 @@ fn filebeat_run(compression: u32) {
 
 #[test]
 fn filebeat_compressed_every_line_exactly_once() {
-    filebeat_run(3);
+    filebeat_run(3, 4, 4000);
 }
 
 #[test]
 fn filebeat_uncompressed_every_line_exactly_once() {
-    filebeat_run(0);
+    filebeat_run(0, 2, 3000);
 }
 
 #[test]
 fn filebeat_loadbalance_across_two_daemons() {
     let dir = scratch_dir("lb");
-    let ids = write_logs(&dir, 3, 5000, 1, 2000);
-    let out_a = dir.join("a/events.ndjson");
-    let out_b = dir.join("b/events.ndjson");
-    std::fs::create_dir_all(out_a.parent().unwrap()).unwrap();
-    std::fs::create_dir_all(out_b.parent().unwrap()).unwrap();
-    let a = Sheepdog::start(pipeline(&out_a, "", ""), &[]);
-    let b = Sheepdog::start(pipeline(&out_b, "", ""), &[]);
+    let ids = write_logs(&dir, 2, 4000, 1, 2000);
+    let es = Osmem::start();
+    std::fs::create_dir_all(dir.join("a")).unwrap();
+    std::fs::create_dir_all(dir.join("b")).unwrap();
+    let env = [("ES_HOSTS", es.url.as_str())];
+    let a = Sheepdog::start(pipeline(&dir.join("a"), "", ""), &env);
+    let b = Sheepdog::start(pipeline(&dir.join("b"), "", ""), &env);
     let fb = Filebeat::start(
         &dir,
         &FilebeatOptions {
@@ -496,9 +544,9 @@ fn filebeat_loadbalance_across_two_daemons() {
             ssl: "",
         },
     );
-    let events = wait_events(&[&out_a, &out_b], ids.len(), "loadbalance", &fb);
+    let events = es_events(&es, ids.len(), "loadbalance", || fb.log());
     fb.wait_fully_acked(&dir);
-    assert_exactly_once(&events, &ids);
+    assert_exactly_once(&events, &ids, || diagnose(&[&a, &b], Some(&fb)));
     assert_filebeat_fields(&events, "127.0.0.1");
     let (na, nb) = (
         metric(&a, "sheepdog_input_events_total"),
@@ -511,32 +559,21 @@ fn filebeat_loadbalance_across_two_daemons() {
     assert_eq!(na + nb, ids.len() as f64);
 }
 
-/// Opens the read end of a FIFO without blocking (so the daemon's writer can open it).
-fn open_fifo_reader(path: &Path) -> std::fs::File {
-    use std::os::unix::fs::OpenOptionsExt;
-    let st = Command::new("mkfifo").arg(path).status().expect("mkfifo");
-    assert!(st.success());
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(0o4000) // O_NONBLOCK
-        .open(path)
-        .unwrap()
-}
-
 #[test]
-fn keepalives_hold_filebeat_through_a_blocked_pipeline() {
-    // The output writes into a FIFO nobody reads: the pipeline fills and blocks, like an
-    // unreachable Elasticsearch. Filebeat's timeout is 10 s; the block lasts 16 s.
+fn keepalives_hold_filebeat_while_elasticsearch_is_down() {
+    // Elasticsearch is unreachable for 16 s, longer than Filebeat's timeout (10 s here): the
+    // queue fills, ACKs are withheld, and ACK 0 every 2 s keeps Filebeat waiting on its one
+    // connection instead of timing out, reconnecting and resending.
     let dir = scratch_dir("blocked");
-    let ids = write_logs(&dir, 2, 10000, 1, 2000);
-    let out = dir.join("events.fifo");
-    let mut fifo = open_fifo_reader(&out);
-    let cfg = pipeline(&out, "", "queue_capacity = 2048");
+    let ids = write_logs(&dir, 2, 5000, 1, 2000);
+    let port = free_port();
+    let es_url = format!("http://127.0.0.1:{port}");
+    let cfg = pipeline(&dir, "", "queue_capacity = 2048");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
         .replace("keepalive_interval = \"5s\"", "keepalive_interval = \"2s\"");
     std::fs::write(&cfg, text).unwrap();
-    let dog = Sheepdog::start(&cfg, &[]);
+    let dog = Sheepdog::start(&cfg, &[("ES_HOSTS", es_url.as_str())]);
     let fb = Filebeat::start(
         &dir,
         &FilebeatOptions {
@@ -556,36 +593,18 @@ fn keepalives_hold_filebeat_through_a_blocked_pipeline() {
         keepalives >= 5.0,
         "keepalives sent while blocked: {keepalives}"
     );
-    // Elasticsearch is back: drain the FIFO until every line is there.
-    let mut text = Vec::new();
-    let start = Instant::now();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        match fifo.read(&mut buf) {
-            Ok(n) => text.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(50))
-            }
-            Err(e) => panic!("reading the FIFO: {e}"),
-        }
-        let complete = text.iter().filter(|b| **b == b'\n').count();
-        if complete >= ids.len() {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(90),
-            "{complete} of {} events after the pipeline unblocked\nfilebeat log:\n{}",
-            ids.len(),
-            tail(&fb.log())
-        );
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    if let Ok(n) = fifo.read(&mut buf) {
-        text.extend_from_slice(&buf[..n]);
-    }
-    let events = parse_lines(&String::from_utf8(text).unwrap());
+    let queued = metric(&dog, "sheepdog_input_events_total");
+    assert!(
+        queued < ids.len() as f64,
+        "the pipeline was not blocked: {queued} events queued"
+    );
+    // Elasticsearch comes back on its address: every line arrives, once.
+    let es = Osmem::start_on(&format!("127.0.0.1:{port}"));
+    let events = es_events(&es, ids.len(), "after Elasticsearch returned", || {
+        format!("{}\n{}", dog.log(), fb.log())
+    });
     fb.wait_fully_acked(&dir);
-    assert_exactly_once(&events, &ids);
+    assert_exactly_once(&events, &ids, || diagnose(&[&dog], Some(&fb)));
     let trouble = filebeat_trouble(&fb.log());
     assert!(
         trouble.is_empty(),
@@ -632,24 +651,17 @@ fn port_of(addr: &str) -> &str {
     addr.rsplit(':').next().unwrap()
 }
 
-fn read_events(out: &Path, n: usize) -> Vec<Value> {
-    wait_for(Duration::from_secs(30), &format!("{n} events"), || {
-        let events = parse_lines(&std::fs::read_to_string(out).unwrap_or_default());
-        (events.len() >= n).then_some(events)
-    })
-}
-
 #[test]
 fn pylogbeat_is_a_second_independent_client() {
     let dir = scratch_dir("pylogbeat");
-    let out = dir.join("events.ndjson");
-    let dog = Sheepdog::start(pipeline(&out, "", ""), &[]);
+    let es = Osmem::start();
+    let dog = Sheepdog::start(pipeline(&dir, "", ""), &[("ES_HOSTS", es.url.as_str())]);
     let (ok, text) = pylogbeat(port_of(&dog.beats_addr), 3000, "py", &[]);
     assert!(ok, "pylogbeat failed: {text}\n{}", dog.log());
     assert_eq!(text.trim(), "sent 3000");
-    let events = read_events(&out, 3000);
+    let events = es_events(&es, 3000, "pylogbeat", || dog.log());
     let ids: Vec<String> = (0..3000).map(|i| format!("py-{i}")).collect();
-    assert_exactly_once(&events, &ids);
+    assert_exactly_once(&events, &ids, || diagnose(&[&dog], None));
     for e in &events {
         // [fields][environment] is copied by the shipped mutate filter
         assert_eq!(e["environment"], "staging");
@@ -720,20 +732,30 @@ fn tls_without_and_with_client_certificates() {
     let pki = make_pki(&dir);
 
     // server certificate only
-    let out = dir.join("plain-auth.ndjson");
-    let dog = Sheepdog::start(pipeline(&out, &tls_settings(&pki, "none"), ""), &[]);
+    let es = Osmem::start();
+    std::fs::create_dir_all(dir.join("one")).unwrap();
+    let dog = Sheepdog::start(
+        pipeline(&dir.join("one"), &tls_settings(&pki, "none"), ""),
+        &[("ES_HOSTS", es.url.as_str())],
+    );
     let (ok, text) = pylogbeat(port_of(&dog.beats_addr), 1000, "tls", &[("--ca", &pki.ca)]);
     assert!(ok, "pylogbeat over TLS: {text}\n{}", dog.log());
-    let events = read_events(&out, 1000);
+    let events = es_events(&es, 1000, "pylogbeat over TLS", || dog.log());
     assert_exactly_once(
         &events,
         &(0..1000).map(|i| format!("tls-{i}")).collect::<Vec<_>>(),
+        || diagnose(&[&dog], None),
     );
     drop(dog);
+    drop(es);
 
     // client certificates required: Filebeat with its certificate gets through...
-    let out = dir.join("mtls.ndjson");
-    let dog = Sheepdog::start(pipeline(&out, &tls_settings(&pki, "required"), ""), &[]);
+    let es = Osmem::start();
+    std::fs::create_dir_all(dir.join("two")).unwrap();
+    let dog = Sheepdog::start(
+        pipeline(&dir.join("two"), &tls_settings(&pki, "required"), ""),
+        &[("ES_HOSTS", es.url.as_str())],
+    );
     let fbdir = dir.join("fb");
     let ids = write_logs(&fbdir, 1, 3000, 1, 500);
     let ssl = format!(
@@ -752,9 +774,9 @@ fn tls_without_and_with_client_certificates() {
             ssl: &ssl,
         },
     );
-    let events = wait_events(&[&out], ids.len(), "filebeat over mutual TLS", &fb);
+    let events = es_events(&es, ids.len(), "filebeat over mutual TLS", || fb.log());
     fb.wait_fully_acked(&fbdir);
-    assert_exactly_once(&events, &ids);
+    assert_exactly_once(&events, &ids, || diagnose(&[&dog], Some(&fb)));
     drop(fb);
     // ...and a client without one is refused and nothing from it arrives
     let (ok, text) = pylogbeat(port_of(&dog.beats_addr), 10, "nocert", &[("--ca", &pki.ca)]);
@@ -779,16 +801,18 @@ fn tls_without_and_with_client_certificates() {
         ],
     );
     assert!(ok, "pylogbeat with a client certificate: {text}");
-    let events = read_events(&out, ids.len() + 500);
+    let events = es_events(&es, ids.len() + 500, "pylogbeat with a certificate", || {
+        dog.log()
+    });
     assert_eq!(events.len(), ids.len() + 500);
+    assert!(!events.iter().any(|e| request_id(e).starts_with("nocert")));
 }
 
 #[test]
 fn check_names_missing_tls_files() {
     let dir = scratch_dir("check");
-    let out = dir.join("events.ndjson");
     let cfg = pipeline(
-        &out,
+        &dir,
         "ssl_enabled = true\nssl_certificate = \"/nonexistent/beats.crt\"\nssl_key = \"/nonexistent/beats.key\"",
         "",
     );
