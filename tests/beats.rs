@@ -571,7 +571,12 @@ fn keepalives_hold_filebeat_while_elasticsearch_is_down() {
     let cfg = pipeline(&dir, "", "queue_capacity = 2048");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("keepalive_interval = \"5s\"", "keepalive_interval = \"2s\"");
+        .replace("keepalive_interval = \"5s\"", "keepalive_interval = \"2s\"")
+        // The output holds 20000 events by default; keep it small so the pipeline blocks.
+        .replace(
+            "\nrequest_timeout =",
+            "\nqueue_max_events = 2000\nbatch_max_events = 1000\nrequest_timeout =",
+        );
     std::fs::write(&cfg, text).unwrap();
     let dog = Sheepdog::start(&cfg, &[("ES_HOSTS", es_url.as_str())]);
     let fb = Filebeat::start(
