@@ -339,9 +339,10 @@ impl Decoder for BeatsCodec {
                         {
                             break;
                         }
-                        match frame_len(self, src)? {
-                            Some(l) => len = l,
-                            None => break,
+                        // A bad next frame is reported by the next call, after this run.
+                        match frame_len(self, src) {
+                            Ok(Some(l)) => len = l,
+                            Ok(None) | Err(_) => break,
                         }
                     }
                     return Ok(Some(Frame::Events(run)));
@@ -580,6 +581,19 @@ mod tests {
         let frames = decode_all(&mut BeatsCodec::new(1024), &s).unwrap();
         assert_eq!(frames.len(), 2);
         assert!(matches!(&frames[1], Frame::Events(e) if e.len() == 3));
+    }
+
+    #[test]
+    fn events_before_a_bad_frame_come_out_first() {
+        // found by the fuzzer: the run of events was lost when the next frame was bad
+        let mut s = window(1);
+        s.extend(data(1, &[]));
+        s.extend(b"1D\0\0");
+        let mut codec = BeatsCodec::new(1024);
+        let mut buf = BytesMut::from(&s[..]);
+        assert_eq!(codec.decode(&mut buf).unwrap(), Some(Frame::Window(1)));
+        assert!(matches!(codec.decode(&mut buf), Ok(Some(Frame::Events(e))) if e.len() == 1));
+        assert_eq!(codec.decode(&mut buf).unwrap_err().kind(), "bad_version");
     }
 
     #[test]
