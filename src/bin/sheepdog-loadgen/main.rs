@@ -3,6 +3,7 @@
 //! end-to-end latency, and reads a process's CPU and memory from /proc.
 
 mod beats;
+mod deflate;
 mod gen;
 mod http;
 mod load;
@@ -80,9 +81,6 @@ enum Cmd {
         /// Windows sent before waiting for an ack (Filebeat's pipelining).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
         pipeline: u16,
-        /// zlib level of the compressed frames.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
-        compression_level: u32,
         /// Send the application event as the Beats event instead of a Filebeat envelope whose
         /// `message` holds the JSON line.
         #[arg(long)]
@@ -266,7 +264,6 @@ fn main() -> Result<()> {
             window,
             connections,
             pipeline,
-            compression_level,
             raw,
             load,
             gen,
@@ -280,7 +277,6 @@ fn main() -> Result<()> {
                 window,
                 pool: gen.pool.unwrap_or(16),
                 pipeline: usize::from(pipeline),
-                level: compression_level,
                 raw,
                 rate: load.rate,
             };
