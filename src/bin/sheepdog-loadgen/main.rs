@@ -182,7 +182,7 @@ impl GenArgs {
 impl LoadArgs {
     fn run(&self, mode: &'static str) -> Result<std::sync::Arc<load::Run>> {
         let duration = self.duration.map(|d| secs(d, "--duration")).transpose()?;
-        if self.rate.is_some_and(|r| !(r > 0.0)) {
+        if self.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
             bail!("--rate must be a positive number of events per second");
         }
         Ok(load::Run::new(

@@ -239,7 +239,8 @@ fn json(status: StatusCode, body: impl Into<axum::body::Body>) -> Response {
     r
 }
 
-fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, Response> {
+/// Inflates a gzip body; the error is the 400 answer, boxed to keep the `Result` small.
+fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, Box<Response>> {
     let gzip = headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"gzip"));
@@ -250,10 +251,10 @@ fn decode_body(headers: &HeaderMap, body: Bytes) -> Result<Bytes, Response> {
     flate2::read::MultiGzDecoder::new(&body[..])
         .read_to_end(&mut out)
         .map_err(|e| {
-            json(
+            Box::new(json(
                 StatusCode::BAD_REQUEST,
                 format!(r#"{{"error":{{"type":"parse_exception","reason":"bad gzip body: {e}"}},"status":400}}"#),
-            )
+            ))
         })?;
     Ok(out.into())
 }
@@ -326,7 +327,7 @@ async fn bulk(
 ) -> Response {
     let body = match decode_body(&headers, body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let index = index.map(|Path(i)| i).unwrap_or_else(|| "sink".into());
     if !s.items {
@@ -357,7 +358,7 @@ async fn bulk_default(state: State<Shared>, headers: HeaderMap, body: Bytes) -> 
 async fn events(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let body = match decode_body(&headers, body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let scan = s.ingest(&body, None, None);
     json(StatusCode::OK, format!(r#"{{"accepted":{}}}"#, scan.docs))

@@ -113,7 +113,7 @@ impl ProcStat {
         self.utime_s + self.stime_s
     }
 
-    pub fn to_json(&self, pid: &str) -> String {
+    pub fn to_json(self, pid: &str) -> String {
         format!(
             r#"{{"pid":{},"cpu_s":{:.3},"utime_s":{:.3},"stime_s":{:.3},"vm_hwm_kb":{},"vm_rss_kb":{}}}"#,
             if pid == "self" {
