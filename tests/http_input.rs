@@ -9,41 +9,20 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// The shipped pipeline with its outputs replaced by a file output (and optional extra
-/// settings appended to the HTTP input table).
-fn pipeline_with_file_output(out: &Path, http_extra: &str, pipeline_extra: &str) -> PathBuf {
-    let shipped = std::fs::read_to_string(repo_root().join("pipelines/holysheep.toml")).unwrap();
-    let cut = shipped
-        .find("\n[[outputs]]")
-        .expect("shipped pipeline has outputs");
-    let mut text = shipped[..cut].to_string();
-    text = text.replace(
-        "tags = [\"direct-upload\"]",
-        &format!("tags = [\"direct-upload\"]\n{http_extra}"),
-    );
-    if !pipeline_extra.is_empty() {
-        text = text.replace("queue_capacity = 65536", pipeline_extra);
+/// The shipped pipeline with a file output, extra settings for the HTTP input and an optional
+/// replacement of the queue capacity.
+fn pipeline_with_file_output(out: &Path, http_extra: &str, queue: &str) -> PathBuf {
+    let tags = "tags = [\"direct-upload\"]";
+    let http = format!("{tags}\n{http_extra}");
+    let mut replacements = vec![(tags, http.as_str())];
+    if !queue.is_empty() {
+        replacements.push(("queue_capacity = 65536", queue));
     }
-    text.push_str(&format!(
-        "\n[[outputs]]\ntype = \"file\"\npath = \"{}\"\n",
-        out.display()
-    ));
-    temp_file("pipeline.toml", &text)
+    shipped_pipeline_to_file(out, &replacements, "")
 }
 
 fn read_events(path: &Path, n: usize) -> Vec<Value> {
-    wait_for(
-        Duration::from_secs(20),
-        &format!("{n} events in {}", path.display()),
-        || {
-            let text = std::fs::read_to_string(path).ok()?;
-            let events: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            (events.len() >= n).then_some(events)
-        },
-    )
+    read_ndjson(path, n, Duration::from_secs(20))
 }
 
 fn out_path() -> PathBuf {

@@ -383,3 +383,47 @@ pub fn temp_file(name: &str, text: &str) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The shipped pipeline's settings, inputs and filters with its outputs (and everything after
+/// them, such as `[alerts]`) replaced by a `file` output writing to `out`. Each `(from, to)`
+/// replacement is applied to the shipped text and must match, so a changed shipped file fails
+/// loudly instead of silently testing something else.
+pub fn shipped_pipeline_to_file(out: &Path, replacements: &[(&str, &str)], extra: &str) -> PathBuf {
+    let shipped = std::fs::read_to_string(repo_root().join("pipelines/holysheep.toml")).unwrap();
+    let cut = shipped
+        .find("\n[[outputs]]")
+        .expect("shipped pipeline has outputs");
+    let mut text = shipped[..cut].to_string();
+    for (from, to) in replacements {
+        assert!(
+            text.contains(from),
+            "shipped pipeline no longer contains {from:?}"
+        );
+        text = text.replacen(from, to, 1);
+    }
+    text.push_str(extra);
+    text.push_str(&format!(
+        "\n[[outputs]]\ntype = \"file\"\npath = \"{}\"\n",
+        out.display()
+    ));
+    let path = out.with_extension("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Waits (at most `timeout`) until the NDJSON file at `path` holds at least `n` lines and
+/// returns them parsed.
+pub fn read_ndjson(path: &Path, n: usize, timeout: Duration) -> Vec<Value> {
+    wait_for(
+        timeout,
+        &format!("{n} events in {}", path.display()),
+        || {
+            let text = std::fs::read_to_string(path).ok()?;
+            let events: Vec<Value> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect();
+            (events.len() >= n).then_some(events)
+        },
+    )
+}
