@@ -3,7 +3,7 @@
 //! flight, retries what the cluster pushes back on, and dead-letters what it refuses.
 
 mod dead_letter;
-mod encoder;
+pub mod encoder;
 mod retry;
 mod service;
 mod sink;
