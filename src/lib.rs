@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod outputs;
 pub mod pipeline;
 pub mod queue;
+pub mod ser;
 pub mod template;
 
 use std::path::PathBuf;

@@ -71,7 +71,7 @@ pub struct Config {
     #[serde(default = "d_in_flight", deserialize_with = "de::from_str_or_value")]
     pub max_in_flight: usize,
     /// Events held by this output (queued, in flight or being retried) before `submit` waits.
-    /// Default 20000.
+    /// Default 10000 (two full bulk requests).
     #[serde(default = "d_queue", deserialize_with = "de::from_str_or_value")]
     pub queue_max_events: usize,
     /// `none` or `gzip` for request bodies. Default `none`.
@@ -114,7 +114,7 @@ fn d_in_flight() -> usize {
     4
 }
 fn d_queue() -> usize {
-    20_000
+    10_000
 }
 fn d_compression() -> String {
     "none".into()
@@ -426,7 +426,6 @@ impl Config {
             capacity: settings.queue_max_events,
             avg_item_bytes: AtomicUsize::new(512),
             queued: metrics.queued.clone(),
-            skipped: metrics.failed.clone(),
         };
         tracing::info!(
             output = id,
@@ -468,7 +467,6 @@ struct ElasticsearchOutput {
     /// Running estimate of an item's size, to size chunk buffers in one allocation.
     avg_item_bytes: AtomicUsize,
     queued: crate::metrics::Gauge,
-    skipped: crate::metrics::Counter,
 }
 
 impl Output for ElasticsearchOutput {
@@ -482,14 +480,7 @@ impl Output for ElasticsearchOutput {
                 buf: Vec::with_capacity(events.len() * (avg + avg / 8)),
                 ends: Vec::with_capacity(events.len()),
             };
-            let skipped = self.encoder.encode(events, &mut chunk);
-            if skipped > 0 {
-                self.skipped.add(skipped as u64);
-                tracing::error!(
-                    skipped,
-                    "events could not be serialised for Elasticsearch and were dropped"
-                );
-            }
+            self.encoder.encode(events, &mut chunk);
             if chunk.is_empty() {
                 return;
             }
