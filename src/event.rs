@@ -79,10 +79,15 @@ impl Event {
     /// RFC 3339 UTC with millisecond precision like Logstash.
     pub fn set_timestamp_ms(&mut self, ms: i64) {
         self.timestamp_ms = ms;
-        self.fields.insert(
-            TIMESTAMP.to_string(),
-            Value::String(format_timestamp_ms(ms)),
-        );
+        // The date stage rewrites the receipt time of nearly every event: reuse its buffer.
+        if let Some(Value::String(s)) = self.fields.get_mut(TIMESTAMP) {
+            s.clear();
+            write_timestamp_ms(ms, s);
+            return;
+        }
+        let mut s = String::with_capacity(TIMESTAMP_LEN);
+        write_timestamp_ms(ms, &mut s);
+        self.fields.insert(TIMESTAMP.to_string(), Value::String(s));
     }
 
     /// The value at `path`, if present.
@@ -130,14 +135,17 @@ impl Event {
         };
         let mut current = root;
         for key in parents {
-            let slot = current
-                .entry(key.clone())
-                .or_insert_with(|| Value::Object(Map::new()));
+            // Look up before inserting: an owned key costs an allocation per call.
+            if !current.contains_key(key) {
+                current.insert(key.clone(), Value::Object(Map::new()));
+            }
+            let slot = current.get_mut(key).expect("key was just inserted");
             if !slot.is_object() {
                 *slot = Value::Object(Map::new());
             }
             current = slot.as_object_mut().expect("slot was just made an object");
         }
+        // Filters mostly add new fields: one insert beats a lookup first.
         current.insert(last.clone(), value);
     }
 
@@ -163,15 +171,22 @@ impl Event {
 
     /// Adds `tag` to `tags` unless present; a scalar `tags` becomes an array.
     pub fn add_tag(&mut self, tag: &str) {
-        if self.has_tag(tag) {
+        // One lookup (map lookups cost more than the tag) and no key allocation when `tags`
+        // exists.
+        let Some(slot) = self.fields.get_mut(TAGS) else {
+            self.fields.insert(
+                TAGS.to_string(),
+                Value::Array(vec![Value::String(tag.to_string())]),
+            );
             return;
-        }
-        let slot = self
-            .fields
-            .entry(TAGS.to_string())
-            .or_insert_with(|| Value::Array(Vec::new()));
+        };
         match slot {
-            Value::Array(tags) => tags.push(Value::String(tag.to_string())),
+            Value::Array(tags) => {
+                if !tags.iter().any(|t| t.as_str() == Some(tag)) {
+                    tags.push(Value::String(tag.to_string()));
+                }
+            }
+            Value::String(t) if t == tag => {}
             other => {
                 let previous = std::mem::take(other);
                 let mut tags = Vec::with_capacity(2);
@@ -294,6 +309,10 @@ impl fmt::Display for FieldPath {
 /// Parses an ISO 8601 / RFC 3339 timestamp into epoch milliseconds. Accepts a `Z` or numeric
 /// offset, `T` or space as separator, any fraction length, and a naive time taken as UTC.
 pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
+    parse_rfc3339_fast(s).or_else(|| parse_timestamp_ms_slow(s))
+}
+
+fn parse_timestamp_ms_slow(s: &str) -> Option<i64> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.timestamp_millis());
     }
@@ -322,8 +341,150 @@ pub fn parse_timestamp_ms(s: &str) -> Option<i64> {
     None
 }
 
+/// Length of a formatted timestamp such as `2026-11-27T10:15:02.123Z`.
+const TIMESTAMP_LEN: usize = 24;
+/// 10000-01-01T00:00:00Z: years from here on take chrono's (signed, wider) format.
+const YEAR_10000_MS: i64 = 253_402_300_800_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date of a day since 1970-01-01 (H. Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        4 | 6 | 9 | 11 => 30,
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        _ => 31,
+    }
+}
+
+/// The common shapes `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` without chrono's general
+/// parser; `None` sends anything else (leap seconds, other separators) the slow way.
+fn parse_rfc3339_fast(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' {
+        return None;
+    }
+    let num = |range: std::ops::Range<usize>| -> Option<u32> {
+        b[range].iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year.into(), month)
+        || hour > 23
+        || minute > 59
+        || second > 59
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0u32;
+    if b[i] == b'.' {
+        i += 1;
+        let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        for k in 0..3 {
+            millis = millis * 10
+                + if k < digits {
+                    u32::from(b[i + k] - b'0')
+                } else {
+                    0
+                };
+        }
+        i += digits;
+    }
+    let offset_s: i64 = match b.get(i..)? {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let d = |c: &u8| c.is_ascii_digit().then(|| i64::from(c - b'0'));
+            let (h, m) = (d(h1)? * 10 + d(h2)?, d(m1)? * 10 + d(m2)?);
+            if h > 23 || m > 59 {
+                return None;
+            }
+            let off = h * 3600 + m * 60;
+            if *sign == b'-' {
+                -off
+            } else {
+                off
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year.into(), month, day);
+    let secs = days * 86_400 + i64::from(hour) * 3600 + i64::from(minute) * 60 + i64::from(second)
+        - offset_s;
+    Some(secs * 1000 + i64::from(millis))
+}
+
+/// Writes `n` as `width` decimal digits ending just before `end`.
+fn put_digits(buf: &mut [u8], end: usize, width: usize, mut n: u32) {
+    for slot in buf[end - width..end].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+/// Appends epoch milliseconds as `2026-11-27T10:15:02.123Z`, exactly as
+/// [`format_timestamp_ms`] formats them, without allocating.
+pub fn write_timestamp_ms(ms: i64, out: &mut String) {
+    if !(0..YEAR_10000_MS).contains(&ms) {
+        out.push_str(&format_timestamp_chrono(ms));
+        return;
+    }
+    let (year, month, day) = civil_from_days(ms / DAY_MS);
+    let in_day = (ms % DAY_MS) as u32;
+    let secs = in_day / 1000;
+    let mut buf = *b"0000-00-00T00:00:00.000Z";
+    put_digits(&mut buf, 4, 4, year as u32);
+    put_digits(&mut buf, 7, 2, month);
+    put_digits(&mut buf, 10, 2, day);
+    put_digits(&mut buf, 13, 2, secs / 3600);
+    put_digits(&mut buf, 16, 2, secs / 60 % 60);
+    put_digits(&mut buf, 19, 2, secs % 60);
+    put_digits(&mut buf, 23, 3, in_day % 1000);
+    out.push_str(std::str::from_utf8(&buf).expect("ASCII digits and separators"));
+}
+
 /// Formats epoch milliseconds as `2026-11-27T10:15:02.123Z`.
 pub fn format_timestamp_ms(ms: i64) -> String {
+    let mut out = String::with_capacity(TIMESTAMP_LEN);
+    write_timestamp_ms(ms, &mut out);
+    out
+}
+
+fn format_timestamp_chrono(ms: i64) -> String {
     match Utc.timestamp_millis_opt(ms).single() {
         Some(dt) => dt.to_rfc3339_opts(SecondsFormat::Millis, true),
         None => Utc
@@ -426,5 +587,98 @@ mod tests {
         let mut e = event(json!({}));
         e.add_tag("a");
         assert_eq!(e.fields()["tags"], json!(["a"]));
+        let mut e = event(json!({"tags": null}));
+        e.add_tag("a");
+        assert_eq!(e.fields()["tags"], json!(["a"]));
+        let mut e = event(json!({"tags": "a"}));
+        e.add_tag("a");
+        assert_eq!(e.fields()["tags"], json!("a"));
+    }
+
+    #[test]
+    fn insert_replaces_existing_values_and_objects() {
+        let mut e = event(json!({"a": {"b": 1, "c": 2}, "d": 3}));
+        e.insert(&FieldPath::parse("[a][b]").unwrap(), json!("x"));
+        e.insert(&FieldPath::top("d"), json!([1]));
+        assert_eq!(e.fields()["a"], json!({"b": "x", "c": 2}));
+        assert_eq!(e.fields()["d"], json!([1]));
+        e.set_timestamp_ms(0);
+        e.set_timestamp_ms(1_795_774_502_123);
+        assert_eq!(e.fields()["@timestamp"], json!("2026-11-27T10:15:02.123Z"));
+    }
+
+    #[test]
+    fn fast_timestamp_formatting_matches_chrono() {
+        let mut ms: i64 = -62_135_596_800_000 - 5;
+        let mut samples = vec![
+            i64::MIN,
+            i64::MAX,
+            -1,
+            0,
+            1,
+            951_782_400_000,
+            4_107_542_399_999,
+            YEAR_10000_MS - 1,
+            YEAR_10000_MS,
+        ];
+        while ms < 300_000_000_000_000 {
+            samples.push(ms);
+            ms += 7_777_777_777 + ms.abs() / 1000;
+        }
+        for ms in samples {
+            assert_eq!(format_timestamp_ms(ms), format_timestamp_chrono(ms), "{ms}");
+        }
+    }
+
+    #[test]
+    fn fast_timestamp_parsing_matches_chrono() {
+        let chrono_ms = |s: &str| {
+            DateTime::parse_from_rfc3339(s)
+                .ok()
+                .map(|d| d.timestamp_millis())
+        };
+        let mut inputs: Vec<String> = [
+            "2026-11-27T10:15:02.123Z",
+            "2026-11-27T10:15:02Z",
+            "2026-11-27T10:15:02.1Z",
+            "2026-11-27T10:15:02.123456789123+00:00",
+            "2026-11-28T00:30:00+07:00",
+            "1969-12-31T23:59:59.999-00:30",
+            "0001-01-01T00:00:00Z",
+            "9999-12-31T23:59:59.999+23:59",
+            "2024-02-29T12:00:00Z",
+            "2023-02-29T12:00:00Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-31T00:00:00Z",
+            "2026-11-27T24:00:00Z",
+            "2026-11-27T10:60:00Z",
+            "2026-11-27T10:15:02.Z",
+            "2026-11-27T10:15:02+24:00",
+            "2026-11-27T10:15:02+0700",
+            "2026-11-27T10:15:02",
+            "2026-11-27t10:15:02z",
+            "2026-11-27T10:15:02.123Zjunk",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for day in (0..3_000_000).step_by(4_999) {
+            let ms = day as i64 * 86_400_000 - 62_135_596_800_000 + day as i64 * 17;
+            inputs.push(format_timestamp_chrono(ms));
+        }
+        let mut fast_hits = 0;
+        for s in &inputs {
+            if let Some(fast) = parse_rfc3339_fast(s) {
+                fast_hits += 1;
+                assert_eq!(Some(fast), chrono_ms(s), "{s}");
+                assert_eq!(Some(fast), parse_timestamp_ms_slow(s), "{s}");
+            }
+        }
+        // The canonical shapes take the fast path; the edge cases go the slow way.
+        assert!(
+            fast_hits >= inputs.len() - 20,
+            "{fast_hits} of {}",
+            inputs.len()
+        );
     }
 }
