@@ -333,12 +333,29 @@ pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event>
         return vec![parse_object(body, received, failures)];
     }
     let mut events = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count() + 1);
-    for line in body.split(|b| *b == b'\n') {
-        let line = trim(line);
+    // One UTF-8 check of the whole body lets each line skip serde_json's per-string check.
+    let text = std::str::from_utf8(body).ok();
+    let mut start = 0;
+    for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
+        let line = trim(&body[start..end]);
+        start = end + 1;
         if line.is_empty() {
             continue;
         }
-        events.push(parse_object(line, received, failures));
+        let parsed = match text {
+            Some(text) => {
+                // Trimming removed ASCII only, so the line still starts and ends on character
+                // boundaries of `text`.
+                let at = line.as_ptr() as usize - body.as_ptr() as usize;
+                serde_json::from_str::<Map<String, Value>>(&text[at..at + line.len()])
+            }
+            None => serde_json::from_slice::<Map<String, Value>>(line),
+        };
+        let event = match parsed {
+            Ok(map) => Event::from_map(map, received),
+            Err(_) => failure_event(line, received, failures),
+        };
+        events.push(event);
     }
     events
 }
@@ -386,6 +403,20 @@ mod tests {
         assert_eq!((e.len(), f), (1, 1));
         let (e, _) = decode("   \n ");
         assert!(e.is_empty());
+    }
+
+    #[test]
+    fn invalid_utf8_lines_fail_alone() {
+        let body = b"{\"a\":1}\n{\"b\":\"\xff\"}\n {\"c\":\"\xc3\xa9\"} \r\n";
+        let mut failures = 0;
+        let e = decode_body(body, 7, &mut failures);
+        assert_eq!((e.len(), failures), (3, 1));
+        assert_eq!(e[0].fields()["a"], json!(1));
+        assert!(e[1].has_tag("_jsonparsefailure"));
+        assert_eq!(e[2].fields()["c"], json!("é"));
+        let (e, f) = decode("{\"s\":\"日本\"}\n{\"t\":\"🐑\"}");
+        assert_eq!((e.len(), f), (2, 0));
+        assert_eq!(e[1].fields()["t"], json!("🐑"));
     }
 
     #[test]
