@@ -59,8 +59,8 @@ fn main() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args[2])?;
     let iterations: usize = args.get(3).map_or(Ok(20), |s| s.parse())?;
     let env = |name: &str| std::env::var(name).ok();
-    let (cfg, _) = parse_partial(&Source::new(&args[2], text), &env)
-        .map_err(|p| anyhow::anyhow!("{p:?}"))?;
+    let (cfg, _) =
+        parse_partial(&Source::new(&args[2], text), &env).map_err(|p| anyhow::anyhow!("{p:?}"))?;
     let ctx = sheepdog::BuildContext::new(std::env::temp_dir(), Default::default());
     let stages = sheepdog::pipeline::build_filters(&cfg, &ctx)
         .map_err(|p| anyhow::anyhow!("filters do not build: {p:?}"))?;
