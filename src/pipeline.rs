@@ -72,6 +72,15 @@ fn build_filters_into(
 
 /// Every problem in the configuration that can be found without starting anything.
 pub fn validate(config: &PipelineConfig, ctx: &BuildContext) -> Vec<Problem> {
+    validate_and_build(config, ctx).0
+}
+
+/// [`validate`], keeping the compiled filter chain: building a stage can be costly (the GeoIP
+/// stage verifies its whole database), so `run` builds it once.
+fn validate_and_build(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+) -> (Vec<Problem>, Vec<FilterStage>) {
     let mut problems = Vec::new();
     for stage in &config.inputs {
         problems.extend(
@@ -82,7 +91,7 @@ pub fn validate(config: &PipelineConfig, ctx: &BuildContext) -> Vec<Problem> {
                 .map(|p| p.prefixed(&stage.path)),
         );
     }
-    build_filters_into(config, ctx, &mut problems);
+    let stages = build_filters_into(config, ctx, &mut problems);
     for stage in &config.outputs {
         compile_when(&stage.when, &stage.path, &mut problems);
         problems.extend(
@@ -107,7 +116,7 @@ pub fn validate(config: &PipelineConfig, ctx: &BuildContext) -> Vec<Problem> {
             &config.api.address,
         ));
     }
-    problems
+    (problems, stages)
 }
 
 fn worker_count(configured: usize) -> usize {
@@ -146,7 +155,7 @@ async fn worker(
 
 /// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
 pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()> {
-    let problems = validate(&config, &ctx);
+    let (problems, stages) = validate_and_build(&config, &ctx);
     for p in problems.iter().filter(|p| !p.is_error()) {
         tracing::warn!(problem = %p, "configuration warning");
     }
@@ -158,8 +167,7 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
             .collect();
         anyhow::bail!("invalid configuration:\n{}", text.join("\n"));
     }
-    let stages =
-        Arc::new(build_filters(&config, &ctx).map_err(|_| anyhow::anyhow!("filter build failed"))?);
+    let stages = Arc::new(stages);
 
     let mut output_slots = Vec::new();
     let mut output_tasks: Vec<(String, JoinHandle<()>)> = Vec::new();
