@@ -16,7 +16,7 @@ fn pipeline_with_file_output(out: &Path, http_extra: &str, queue: &str) -> PathB
     let http = format!("{tags}\n{http_extra}");
     let mut replacements = vec![(tags, http.as_str())];
     if !queue.is_empty() {
-        replacements.push(("queue_capacity = 65536", queue));
+        replacements.push(("queue_capacity = 8192", queue));
     }
     shipped_pipeline_to_file(out, &replacements, "")
 }

@@ -38,7 +38,7 @@ impl Default for PipelineSettings {
     fn default() -> Self {
         PipelineSettings {
             workers: 0,
-            queue_capacity: 65_536,
+            queue_capacity: 8192,
             batch_size: 1024,
             shutdown_timeout: Duration::from_secs(30),
             data_dir: PathBuf::from("data"),
