@@ -164,6 +164,22 @@ pub struct EventGen {
     ua_pick: Weighted,
     /// Event time of the next event, unix micros; advances by exponential gaps.
     clock_us: i64,
+    /// Seeds each user's home address.
+    ip_seed: u64,
+}
+
+/// Share of events sent from an address other than the user's home address.
+const FRESH_IP_RATE: f64 = 0.1;
+
+/// A public address from one of the weighted country blocks.
+fn random_ip(blocks: &Weighted, rng: &mut StdRng) -> [u8; 4] {
+    let (first, (lo, hi), _, _) = IP_BLOCKS[blocks.sample(rng)];
+    [
+        first,
+        rng.random_range(lo..=hi),
+        rng.random_range(0..=255),
+        rng.random_range(1..=254),
+    ]
 }
 
 impl EventGen {
@@ -179,6 +195,7 @@ impl EventGen {
             ua_pick: Weighted::zipf(user_agents.len(), 0.9),
             user_agents,
             clock_us: Utc::now().timestamp_micros() - 3_600_000_000,
+            ip_seed: cfg.seed.rotate_left(17) ^ 0x5eed_1b5,
         }
     }
 
@@ -192,13 +209,16 @@ impl EventGen {
         let (endpoint, _) = ENDPOINTS[self.endpoints.sample(rng)];
         let user = self.users.sample(rng) + 1;
         let request_id: u64 = rng.random::<u64>() & 0xffff_ffff_ffff;
-        let (first, (lo, hi), _, _) = IP_BLOCKS[self.ip_blocks.sample(rng)];
-        let ip = [
-            first,
-            rng.random_range(lo..=hi),
-            rng.random_range(0..=255),
-            rng.random_range(1..=254),
-        ];
+        // Real clients repeat: each user calls from a home address of their own, and about one
+        // call in ten comes from a fresh address (mobile networks, new servers).
+        let ip = if rng.random::<f64>() < FRESH_IP_RATE {
+            random_ip(&self.ip_blocks, rng)
+        } else {
+            let mut home = StdRng::seed_from_u64(
+                self.ip_seed ^ (user as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            );
+            random_ip(&self.ip_blocks, &mut home)
+        };
         let ua = &self.user_agents[self.ua_pick.sample(rng)];
 
         let _ = write!(
@@ -562,6 +582,41 @@ mod tests {
         ] {
             assert!(uas.iter().any(|u| u == must), "missing {must}");
         }
+    }
+
+    #[test]
+    fn client_ips_repeat_per_user() {
+        let evs = events(20_000);
+        let mut ips = std::collections::HashSet::new();
+        let mut home: std::collections::HashMap<String, std::collections::HashMap<String, usize>> =
+            Default::default();
+        for e in &evs {
+            let ip = e["client_ip"].as_str().unwrap().to_string();
+            ips.insert(ip.clone());
+            *home
+                .entry(e["user_id"].as_str().unwrap().into())
+                .or_default()
+                .entry(ip)
+                .or_default() += 1;
+        }
+        // about one event in ten from a fresh address, the rest from the users' home addresses
+        assert!(
+            ips.len() < evs.len() * 3 / 10,
+            "{} distinct of {}",
+            ips.len(),
+            evs.len()
+        );
+        assert!(ips.len() > 1000, "{} distinct", ips.len());
+        let busiest = home
+            .values()
+            .max_by_key(|m| m.values().sum::<usize>())
+            .unwrap();
+        let total: usize = busiest.values().sum();
+        let top = busiest.values().max().unwrap();
+        assert!(
+            *top as f64 > 0.8 * total as f64,
+            "home address share {top}/{total}"
+        );
     }
 
     #[test]
