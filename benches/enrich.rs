@@ -127,7 +127,7 @@ fn geoip_filter(cache_size: usize) -> geoip::GeoipFilter {
     let mut warnings = Vec::new();
     let f = toml::from_str::<geoip::Config>(&cfg)
         .unwrap()
-        .build(&ctx, &mut warnings)
+        .build("geoip", &ctx, &mut warnings)
         .unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     f
@@ -159,7 +159,8 @@ fn on_threads<T: Sync>(threads: usize, items: &[T], work: impl Fn(&T) + Sync) ->
 fn bench_geoip(c: &mut Criterion) {
     let path = database();
     let start = Instant::now();
-    let loaded = geoip::open(std::path::Path::new(&path), geoip::Kind::City).unwrap();
+    let registry = geoip::Registry::new();
+    let loaded = geoip::open(std::path::Path::new(&path), geoip::Kind::City, &registry).unwrap();
     eprintln!(
         "open + verify {path}: {:?} ({} records, {} nodes)",
         start.elapsed(),

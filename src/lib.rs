@@ -29,6 +29,21 @@ pub struct BuildContext {
     pub health: Arc<health::HealthRegistry>,
     pub data_dir: PathBuf,
     pub shutdown: CancellationToken,
+    /// Verified GeoIP database files, shared by this pipeline's geoip stages.
+    pub geoip: Arc<filters::geoip::Registry>,
+    /// When slow checks of data files (walking a GeoIP database) run.
+    pub verify: Verify,
+}
+
+/// When a build runs slow checks of data files (walking a 55 MB GeoIP database takes seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Before the build returns: `sheepdog check`, tests and benchmarks.
+    Now,
+    /// In a background task once the pipeline runs, so the inputs bind at once; stages report
+    /// readiness through [`filters::Filter::ready`]. Outside a Tokio runtime (the configuration
+    /// check before `run` starts one) such builds only validate.
+    Background,
 }
 
 impl BuildContext {
@@ -38,6 +53,8 @@ impl BuildContext {
             health: health::HealthRegistry::new(),
             data_dir,
             shutdown,
+            geoip: filters::geoip::Registry::new(),
+            verify: Verify::Now,
         }
     }
 }
@@ -47,6 +64,7 @@ pub async fn run(
     config: config::PipelineConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let ctx = BuildContext::new(config.pipeline.data_dir.clone(), shutdown);
+    let mut ctx = BuildContext::new(config.pipeline.data_dir.clone(), shutdown);
+    ctx.verify = Verify::Background;
     pipeline::run(config, ctx).await
 }

@@ -50,13 +50,20 @@ fn init_logging(json: bool) {
     }
 }
 
-fn load(path: &PathBuf) -> Result<(config::PipelineConfig, Vec<config::LocatedProblem>), String> {
+/// Parses and validates `path`; `verify` says whether database files are walked now (`check`)
+/// or left to the running pipeline, which verifies them after the inputs bind (`run`).
+fn load(
+    path: &PathBuf,
+    verify: sheepdog::Verify,
+) -> Result<(config::PipelineConfig, Vec<config::LocatedProblem>), String> {
     let source = Source::read(path).map_err(|e| format!("{e:#}"))?;
     // Stages that parsed are validated (templates, files, addresses) even when others did not,
     // so one run reports every problem.
     let (cfg, mut located) =
         config::parse_partial(&source, &config::process_env).map_err(|e| e.to_string())?;
-    let ctx = sheepdog::BuildContext::new(cfg.pipeline.data_dir.clone(), CancellationToken::new());
+    let mut ctx =
+        sheepdog::BuildContext::new(cfg.pipeline.data_dir.clone(), CancellationToken::new());
+    ctx.verify = verify;
     located.extend(
         sheepdog::pipeline::validate(&cfg, &ctx)
             .into_iter()
@@ -84,7 +91,7 @@ async fn wait_for_signal(token: CancellationToken) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match load(&config) {
+        Command::Check { config } => match load(&config, sheepdog::Verify::Now) {
             Ok((_, warnings)) => {
                 for w in &warnings {
                     println!("{w}");
@@ -99,7 +106,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config, log_json } => {
             init_logging(log_json);
-            let (cfg, warnings) = match load(&config) {
+            let (cfg, warnings) = match load(&config, sheepdog::Verify::Background) {
                 Ok(v) => v,
                 Err(text) => {
                     eprintln!("{text}");

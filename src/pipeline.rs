@@ -60,7 +60,7 @@ fn build_filters_into(
     for stage in &config.filters {
         let when = compile_when(&stage.when, &stage.path, problems);
         let mut warnings = Vec::new();
-        let built = stage.config.build_reporting(ctx, &mut warnings);
+        let built = stage.config.build_reporting(&stage.id, ctx, &mut warnings);
         problems.extend(warnings.into_iter().map(|p| p.prefixed(&stage.path)));
         match built {
             Ok(filter) => stages.push(FilterStage::new(stage.id.clone(), when, filter, ctx)),
@@ -135,6 +135,13 @@ async fn worker(
     outputs: Arc<Vec<OutputSlot>>,
     events_out: crate::metrics::Counter,
 ) {
+    // A stage still loading (the GeoIP database is verified after the inputs bind) holds the
+    // first batch back; the bounded queue fills meanwhile, then inputs push back (HTTP 429).
+    for stage in stages.iter() {
+        if let Some(ready) = stage.ready() {
+            ready.await;
+        }
+    }
     while let Some(mut batch) = queue.recv().await {
         for stage in stages.iter() {
             stage.apply_batch(&mut batch.events);

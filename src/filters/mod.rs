@@ -20,6 +20,14 @@ use crate::BuildContext;
 /// A filter's work on one event. Returns `false` when it failed on this event (and tagged it).
 pub trait Filter: Send + Sync {
     fn apply(&self, event: &mut Event) -> bool;
+
+    /// Resolves once the stage can do its work (a database it loads in the background after
+    /// start-up); `None` when it already can. Filter workers await every stage's readiness
+    /// before taking their first batch, so events queue up meanwhile instead of passing through
+    /// unenriched.
+    fn ready(&self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        None
+    }
 }
 
 /// Every filter `type` the pipeline file accepts.
@@ -67,15 +75,16 @@ impl FilterConfig {
         })
     }
 
-    /// Validates and compiles the stage. Problems carry paths relative to the stage.
-    pub fn build(&self, ctx: &BuildContext) -> Result<Box<dyn Filter>, Vec<Problem>> {
-        self.build_reporting(ctx, &mut Vec::new())
+    /// Validates and compiles stage `id`. Problems carry paths relative to the stage.
+    pub fn build(&self, id: &str, ctx: &BuildContext) -> Result<Box<dyn Filter>, Vec<Problem>> {
+        self.build_reporting(id, ctx, &mut Vec::new())
     }
 
     /// Like [`FilterConfig::build`], also collecting warnings (a missing optional file) for a
     /// stage that still runs.
     pub fn build_reporting(
         &self,
+        id: &str,
         ctx: &BuildContext,
         warnings: &mut Vec<Problem>,
     ) -> Result<Box<dyn Filter>, Vec<Problem>> {
@@ -87,7 +96,7 @@ impl FilterConfig {
             FilterConfig::Classify(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Bucket(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Geoip(c) => c
-                .build(ctx, warnings)
+                .build(id, ctx, warnings)
                 .map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Useragent(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
         }
@@ -126,6 +135,11 @@ impl FilterStage {
             when,
             filter,
         }
+    }
+
+    /// See [`Filter::ready`].
+    pub fn ready(&self) -> Option<futures_util::future::BoxFuture<'static, ()>> {
+        self.filter.ready()
     }
 
     /// Runs the stage over a batch; counters are updated once per batch.

@@ -1,14 +1,15 @@
 //! A MaxMind database file that can be replaced while sheepdog runs: opened by memory map,
-//! verified, and published through an `ArcSwapOption` that lookups read without locking. A
+//! verified (in the background when the daemon starts), and published through an `ArcSwapOption` that lookups read without locking. A
 //! watcher task polls the file's identity (device, inode, size, mtime) and swaps in a
 //! replacement once it verifies; a broken replacement is refused and the old one stays.
 
-use super::verify::{self, Summary};
+use super::verify::{self, Corrupt, Summary};
 use arc_swap::{ArcSwapOption, Guard};
-use maxminddb::{Mmap, Reader};
+use maxminddb::Mmap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Which database a file must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,24 +82,134 @@ pub enum OpenError {
     },
 }
 
-/// An opened, verified database.
+/// Verification results and generation numbers shared by the geoip stages of one pipeline
+/// (one [`crate::BuildContext`]), so the several builds of a configuration at start-up
+/// (validate, then run) walk an unchanged file once, and two pipelines in one process (or two
+/// tests) never see each other's files.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// The latest verification per path, keyed by the file's identity. The cell is shared so a
+    /// second build asking for the same file while the first is still walking it waits for
+    /// that walk instead of starting another.
+    verified: Mutex<Vec<Verification>>,
+    generation: AtomicU64,
+}
+
+type Verified = Arc<OnceLock<Result<Summary, Corrupt>>>;
+
+#[derive(Debug)]
+struct Verification {
+    path: PathBuf,
+    fingerprint: Fingerprint,
+    result: Verified,
+}
+
+impl Registry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Walks `buf` (the file at `path` with identity `fingerprint`) unless this registry
+    /// already did. Blocking.
+    fn verify(
+        &self,
+        path: &Path,
+        fingerprint: Fingerprint,
+        buf: &[u8],
+    ) -> Result<Summary, Corrupt> {
+        let cell = {
+            // Held for a scan of a handful of entries, never during the walk itself.
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            match verified
+                .iter()
+                .find(|v| v.path == path && v.fingerprint == fingerprint)
+            {
+                Some(v) => v.result.clone(),
+                None => {
+                    verified.retain(|v| v.path != path);
+                    let result = Verified::default();
+                    verified.push(Verification {
+                        path: path.to_path_buf(),
+                        fingerprint,
+                        result: result.clone(),
+                    });
+                    result
+                }
+            }
+        };
+        cell.get_or_init(|| verify::verify(buf)).clone()
+    }
+
+    /// Distinguishes cached answers of one opened file from those of every other.
+    fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// An opened, verified database. Lookups walk its search tree and decode records with
+/// [`super::record`]; nothing reads the map before [`verify::verify`] accepted it.
 pub struct Loaded {
-    pub reader: Reader<Mmap>,
+    map: Mmap,
     pub summary: Summary,
     pub fingerprint: Fingerprint,
     /// Distinguishes cached answers of this file from those of its predecessors.
     pub generation: u64,
+    /// Where IPv4 lookups start: the node reached by 96 zero bits in an IPv6 tree.
+    ipv4_start: usize,
+    data_start: usize,
 }
 
-static GENERATION: AtomicU64 = AtomicU64::new(1);
+impl Loaded {
+    /// The data-section offset of the record for `ip`, `None` when the database has none.
+    /// An IPv6 address in an IPv4-only database has none.
+    #[inline]
+    pub fn find(&self, ip: IpAddr) -> Option<usize> {
+        let (bits, start, addr): (u32, usize, u128) = match ip {
+            IpAddr::V4(v4) => (32, self.ipv4_start, u128::from(u32::from(v4))),
+            IpAddr::V6(_) if self.summary.ip_version == 4 => return None,
+            IpAddr::V6(v6) => (128, 0, u128::from(v6)),
+        };
+        let tree = &self.map[..self.data_start];
+        let nodes = self.summary.node_count;
+        let size = self.summary.record_size;
+        let mut node = start;
+        for i in (0..bits).rev() {
+            if node >= nodes {
+                break;
+            }
+            node = read_node(tree, node, (addr >> i) as usize & 1, size)?;
+        }
+        // Verification guarantees every path leaves the tree within the address's bits.
+        node.checked_sub(nodes + verify::DATA_SEPARATOR)
+    }
 
-/// Files verified in this process, so the several builds of one configuration at start-up
-/// (load, validate, run) walk an unchanged file only once.
-static VERIFIED: Mutex<Vec<(PathBuf, Fingerprint, Summary)>> = Mutex::new(Vec::new());
+    /// The data section; record offsets and pointers are relative to its start.
+    pub fn data(&self) -> &[u8] {
+        &self.map[self.data_start..]
+    }
+}
+
+/// One record of a search-tree node; `None` only for a node past the tree (never after
+/// verification).
+#[inline]
+fn read_node(tree: &[u8], node: usize, side: usize, record_size: usize) -> Option<usize> {
+    let base = node * record_size / 4;
+    let b = tree.get(base..base + record_size / 4)?;
+    let be3 = |x: &[u8]| (x[0] as usize) << 16 | (x[1] as usize) << 8 | x[2] as usize;
+    Some(match (record_size, side) {
+        (24, 0) => be3(&b[0..3]),
+        (24, _) => be3(&b[3..6]),
+        (28, 0) => (b[3] as usize & 0xf0) << 20 | be3(&b[0..3]),
+        (28, _) => (b[3] as usize & 0x0f) << 24 | be3(&b[4..7]),
+        (_, 0) => u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize,
+        _ => u32::from_be_bytes([b[4], b[5], b[6], b[7]]) as usize,
+    })
+}
 
 /// Opens, maps and verifies `path` as a `kind` database. Blocking: the full verification
-/// walks every record (a few hundred milliseconds for the full City database).
-pub fn open(path: &Path, kind: Kind) -> Result<Loaded, OpenError> {
+/// walks every record (over a second for the full City database), once per file identity
+/// and registry.
+pub fn open(path: &Path, kind: Kind, registry: &Registry) -> Result<Loaded, OpenError> {
     let file = std::fs::File::open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => OpenError::Missing(path.to_path_buf()),
         _ => OpenError::Unreadable {
@@ -121,26 +232,13 @@ pub fn open(path: &Path, kind: Kind) -> Result<Loaded, OpenError> {
     // SAFETY: the map is read-only. Updates must replace the file by rename (geoipupdate
     // does), which leaves this mapping on the old inode; truncating the file in place while it
     // is mapped would fault, as with any mmap reader (see GeoLite2/README.md).
-    let mmap = unsafe { Mmap::map(&file) }.map_err(unreadable)?;
-    let known = VERIFIED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .find(|(p, f, _)| p == path && *f == fingerprint)
-        .map(|(_, _, s)| s.clone());
-    let summary = match known {
-        Some(s) => s,
-        None => {
-            let s = verify::verify(&mmap).map_err(|e| OpenError::Corrupt {
-                path: path.to_path_buf(),
-                reason: e.0,
-            })?;
-            let mut verified = VERIFIED.lock().unwrap_or_else(|e| e.into_inner());
-            verified.retain(|(p, _, _)| p != path);
-            verified.push((path.to_path_buf(), fingerprint, s.clone()));
-            s
-        }
-    };
+    let map = unsafe { Mmap::map(&file) }.map_err(unreadable)?;
+    let summary = registry
+        .verify(path, fingerprint, &map)
+        .map_err(|e| OpenError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.0,
+        })?;
     if !kind.accepts(&summary.database_type) {
         return Err(OpenError::WrongType {
             path: path.to_path_buf(),
@@ -148,15 +246,24 @@ pub fn open(path: &Path, kind: Kind) -> Result<Loaded, OpenError> {
             expected: kind.expected(),
         });
     }
-    let reader = Reader::from_source(mmap).map_err(|e| OpenError::Corrupt {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
+    let data_start = summary.node_count * summary.record_size / 4 + verify::DATA_SEPARATOR;
+    let mut ipv4_start = 0;
+    if summary.ip_version == 6 {
+        for _ in 0..96 {
+            if ipv4_start >= summary.node_count {
+                break;
+            }
+            ipv4_start = read_node(&map[..data_start], ipv4_start, 0, summary.record_size)
+                .unwrap_or(summary.node_count);
+        }
+    }
     Ok(Loaded {
-        reader,
+        map,
         summary,
         fingerprint,
-        generation: GENERATION.fetch_add(1, Ordering::Relaxed),
+        generation: registry.next_generation(),
+        ipv4_start,
+        data_start,
     })
 }
 
@@ -164,34 +271,52 @@ pub fn open(path: &Path, kind: Kind) -> Result<Loaded, OpenError> {
 pub struct WatchedDb {
     pub path: PathBuf,
     pub kind: Kind,
+    registry: Arc<Registry>,
     current: ArcSwapOption<Loaded>,
     /// Why the file on disk is not (or no longer) the one in use; empty when all is well.
-    /// Written by the builder and the watcher only, read for health.
+    /// Written by the builder and the loader/watcher only, read for health.
     problem: Mutex<Option<String>>,
-    /// The identity of the file when it was first opened (or found missing or broken).
-    tried: Option<Fingerprint>,
+    /// The identity of the file when it was first tried (loaded, or found missing or broken).
+    tried: Mutex<Option<Fingerprint>>,
 }
 
 impl WatchedDb {
-    /// Opens `path` now; a missing or broken file leaves the slot empty with the reason kept.
-    pub fn open(path: PathBuf, kind: Kind) -> (Self, Option<OpenError>) {
-        // Taken before opening: if the file changes meanwhile, the watcher retries it.
-        let before = Fingerprint::current(&path);
-        let (loaded, err) = match open(&path, kind) {
-            Ok(l) => (Some(Arc::new(l)), None),
-            Err(e) => (None, Some(e)),
-        };
+    /// A slot for `path` with nothing loaded yet; a missing file is reported at once (a cheap
+    /// check), everything else when [`WatchedDb::refresh`] first opens it.
+    pub fn new(path: PathBuf, kind: Kind, registry: Arc<Registry>) -> (Self, Option<OpenError>) {
+        let missing = (!path.exists()).then(|| OpenError::Missing(path.clone()));
         let db = WatchedDb {
-            problem: Mutex::new(err.as_ref().map(ToString::to_string)),
-            tried: before,
+            problem: Mutex::new(missing.as_ref().map(ToString::to_string)),
+            tried: Mutex::new(None),
             path,
             kind,
-            current: ArcSwapOption::new(loaded),
+            registry,
+            current: ArcSwapOption::new(None),
         };
-        (db, err)
+        (db, missing)
+    }
+
+    /// Opens and verifies the file now (blocking); a missing or broken file leaves the slot
+    /// empty with the reason kept.
+    pub fn open_now(&self) -> Option<OpenError> {
+        // Taken before opening: if the file changes meanwhile, the watcher retries it.
+        let before = Fingerprint::current(&self.path);
+        *self.tried.lock().unwrap_or_else(|e| e.into_inner()) = before;
+        match open(&self.path, self.kind, &self.registry) {
+            Ok(l) => {
+                self.current.store(Some(Arc::new(l)));
+                self.set_problem(None);
+                None
+            }
+            Err(e) => {
+                self.set_problem(Some(e.to_string()));
+                Some(e)
+            }
+        }
     }
 
     /// The database in use; cheap enough to call once per batch or event.
+    #[inline]
     pub fn current(&self) -> Guard<Option<Arc<Loaded>>> {
         self.current.load()
     }
@@ -207,17 +332,19 @@ impl WatchedDb {
         *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = p;
     }
 
-    /// The fingerprint the watcher compares against at start: the loaded file's, or that of
-    /// the file found at start when it was refused (so it is retried only once it changes).
+    /// The fingerprint the watcher compares against after [`WatchedDb::open_now`]: the loaded
+    /// file's, or that of the file found then when it was refused (so it is retried only once
+    /// it changes).
     pub fn initial_fingerprint(&self) -> Option<Fingerprint> {
         match &*self.current.load() {
             Some(l) => Some(l.fingerprint),
-            None => self.tried,
+            None => *self.tried.lock().unwrap_or_else(|e| e.into_inner()),
         }
     }
 
-    /// Re-opens the file if its identity changed since `seen`; returns the new identity.
-    /// Blocking (verification); the watcher runs it off the async workers.
+    /// Re-opens the file if its identity changed since `seen` (`None`: never opened, so any
+    /// existing file is opened); returns the new identity. Blocking (verification); the
+    /// loader and watcher run it off the async workers.
     pub fn refresh(&self, seen: Option<Fingerprint>) -> Option<Fingerprint> {
         let now = Fingerprint::current(&self.path);
         if now == seen {
@@ -229,7 +356,7 @@ impl WatchedDb {
             }
             return now;
         };
-        match open(&self.path, self.kind) {
+        match open(&self.path, self.kind, &self.registry) {
             Ok(loaded) => {
                 tracing::info!(
                     path = %self.path.display(),
@@ -246,12 +373,20 @@ impl WatchedDb {
             }
             Err(e) => {
                 let kept = self.current.load().is_some();
-                tracing::error!(
-                    path = %self.path.display(),
-                    error = %e,
-                    kept_previous = kept,
-                    "GeoIP database replacement refused"
-                );
+                if seen.is_none() && !kept {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "GeoIP database unusable; events pass through without GeoIP fields until the file is replaced (see GeoLite2/README.md)"
+                    );
+                } else {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        error = %e,
+                        kept_previous = kept,
+                        "GeoIP database replacement refused"
+                    );
+                }
                 self.set_problem(Some(if kept {
                     format!("replacement refused ({e}); still using the previous database")
                 } else {

@@ -1,23 +1,28 @@
 //! `geoip`: looks up a client IP in a MaxMind GeoLite2-City database (and optionally
 //! GeoLite2-ASN) and writes Logstash's ECS layout under `target`: `ip`, `geo.*` and `as.*`.
 //! The database can be missing at start (the stage passes events through and reports itself
-//! Degraded) and is swapped without a restart when the file is replaced.
+//! Degraded) and is swapped without a restart when the file is replaced. In the daemon the file
+//! is verified in the background after start-up; the stage reports itself not ready until then
+//! so the filter workers hold events back instead of passing them through unenriched.
 
 mod database;
+pub mod record;
 pub mod verify;
 
-pub use database::{open, Kind, Loaded, OpenError, WatchedDb};
+pub use database::{open, Kind, Loaded, OpenError, Registry, WatchedDb};
 
 use super::cache::ShardedCache;
 use super::{parse_path, Filter};
 use crate::config::{de, did_you_mean, Problem};
 use crate::event::{Event, FieldPath};
 use crate::health::{HealthHandle, Status};
-use crate::BuildContext;
+use crate::{BuildContext, Verify};
+use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -116,66 +121,6 @@ impl FieldSet {
     }
 }
 
-/// The parts of a City record the stage reads; other keys are skipped by the decoder.
-#[derive(Deserialize)]
-struct CityRecord<'a> {
-    #[serde(borrow)]
-    city: Option<Named<'a>>,
-    #[serde(borrow)]
-    continent: Option<Coded<'a>>,
-    #[serde(borrow)]
-    country: Option<Coded<'a>>,
-    #[serde(borrow)]
-    location: Option<Location<'a>>,
-    #[serde(borrow)]
-    postal: Option<Coded<'a>>,
-    #[serde(borrow)]
-    subdivisions: Option<Vec<Coded<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct Names<'a> {
-    #[serde(borrow)]
-    en: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-struct Named<'a> {
-    #[serde(borrow)]
-    names: Option<Names<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Coded<'a> {
-    #[serde(borrow)]
-    iso_code: Option<&'a str>,
-    #[serde(borrow)]
-    code: Option<&'a str>,
-    #[serde(borrow)]
-    names: Option<Names<'a>>,
-}
-
-impl<'a> Coded<'a> {
-    fn name(&self) -> Option<&'a str> {
-        self.names.as_ref().and_then(|n| n.en)
-    }
-}
-
-#[derive(Deserialize)]
-struct Location<'a> {
-    latitude: Option<f64>,
-    longitude: Option<f64>,
-    #[serde(borrow)]
-    time_zone: Option<&'a str>,
-}
-
-#[derive(Deserialize)]
-struct AsnRecord<'a> {
-    autonomous_system_number: Option<u32>,
-    #[serde(borrow)]
-    autonomous_system_organization: Option<&'a str>,
-}
-
 /// The outcome of looking up one address, cached per database generation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Answer {
@@ -185,17 +130,39 @@ pub enum Answer {
     NotFound,
 }
 
-type CacheKey = (u64, u64, IpAddr);
+/// A decoded record's part of the answer (`geo` or `as`), keyed by database generation and
+/// record offset: addresses of one network share a record, so the cache hits for clients that
+/// never repeat an address. `Value::Null` when the record has none of the selected fields.
+type RecordCache = ShardedCache<(u64, usize), Arc<Value>>;
 
-/// Everything the reload watcher needs; the filter holds it, the watcher only a `Weak`.
+/// Everything the loader and reload watcher need; the filter holds it, the watcher only a
+/// `Weak`.
 struct Shared {
     city: WatchedDb,
     asn: Option<WatchedDb>,
     health: HealthHandle,
+    /// True while the databases are being opened and verified after start-up.
+    loading: AtomicBool,
+    /// Flips to true once the first load finished (whatever its outcome).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
     fn report_health(&self) {
+        if self.loading.load(Ordering::Relaxed) {
+            let paths: Vec<String> = std::iter::once(&self.city)
+                .chain(self.asn.as_ref())
+                .map(|db| db.path.display().to_string())
+                .collect();
+            self.health.set(
+                Status::Degraded,
+                format!(
+                    "loading database: verifying {}; events wait in the queue until it is done",
+                    paths.join(" and ")
+                ),
+            );
+            return;
+        }
         let mut problems: Vec<String> = Vec::new();
         for db in std::iter::once(&self.city).chain(self.asn.as_ref()) {
             if let Some(p) = db.problem() {
@@ -221,14 +188,18 @@ pub struct GeoipFilter {
     target: FieldPath,
     fields: FieldSet,
     shared: Arc<Shared>,
-    cache: ShardedCache<CacheKey, Arc<Answer>>,
+    city_cache: RecordCache,
+    asn_cache: RecordCache,
 }
 
 impl Config {
-    /// Compiles the stage and opens the databases. A missing or broken City database is a
-    /// warning: the stage still runs (passing events through) and the watcher retries.
+    /// Compiles stage `id` and opens the databases: before returning with
+    /// [`Verify::Now`], in a background task (see [`Filter::ready`]) with
+    /// [`Verify::Background`]. A missing or broken City database is a warning: the stage still
+    /// runs (passing events through) and the watcher retries.
     pub fn build(
         &self,
+        id: &str,
         ctx: &BuildContext,
         warnings: &mut Vec<Problem>,
     ) -> Result<GeoipFilter, Vec<Problem>> {
@@ -282,39 +253,82 @@ impl Config {
             return Err(problems);
         }
 
-        let (city, city_err) = WatchedDb::open(PathBuf::from(self.database.trim()), Kind::City);
-        if let Some(e) = &city_err {
+        let registry = ctx.geoip.clone();
+        let (city, missing) = WatchedDb::new(
+            PathBuf::from(self.database.trim()),
+            Kind::City,
+            registry.clone(),
+        );
+        if let Some(e) = &missing {
             warnings.push(open_problem("database", e, Kind::City));
         }
         let asn = match self.asn_database.as_deref().map(str::trim) {
             Some(path) if !path.is_empty() => {
-                let (db, err) = WatchedDb::open(PathBuf::from(path), Kind::Asn);
-                if let Some(e) = &err {
+                let (db, missing) = WatchedDb::new(PathBuf::from(path), Kind::Asn, registry);
+                if let Some(e) = &missing {
                     warnings.push(open_problem("asn_database", e, Kind::Asn));
                 }
                 Some(db)
             }
             _ => None,
         };
+        let background = ctx.verify == Verify::Background;
         let shared = Arc::new(Shared {
-            health: ctx.health.register("filter geoip"),
+            health: ctx.health.register(format!("filter {id}")),
+            loading: AtomicBool::new(background),
+            ready: tokio::sync::watch::Sender::new(!background),
             city,
             asn,
         });
+        let seen = if background {
+            // Nothing opened yet: the loader opens whatever file exists.
+            (None, None)
+        } else {
+            let dbs = [
+                ("database", Some(&shared.city)),
+                ("asn_database", shared.asn.as_ref()),
+            ];
+            for (key, db) in dbs {
+                let Some(db) = db else { continue };
+                if missing_reported(db) {
+                    continue;
+                }
+                if let Some(e) = db.open_now() {
+                    warnings.push(open_problem(key, &e, db.kind));
+                }
+            }
+            (
+                shared.city.initial_fingerprint(),
+                shared.asn.as_ref().and_then(WatchedDb::initial_fingerprint),
+            )
+        };
         shared.report_health();
         spawn_watcher(
             Arc::downgrade(&shared),
             self.reload_interval,
             ctx.shutdown.clone(),
+            seen,
+            background,
         );
+        let cache = |size| ShardedCache::new(size);
         Ok(GeoipFilter {
             source,
             target,
             fields,
             shared,
-            cache: ShardedCache::new(self.cache_size),
+            city_cache: cache(self.cache_size),
+            asn_cache: cache(if self.asn_database.is_some() {
+                self.cache_size
+            } else {
+                0
+            }),
         })
     }
+}
+
+/// True when the build already found the file missing (and warned about it).
+fn missing_reported(db: &WatchedDb) -> bool {
+    db.problem().is_some() && !db.path.exists()
 }
 
 fn open_problem(key: &str, e: &OpenError, kind: Kind) -> Problem {
@@ -336,42 +350,57 @@ fn open_problem(key: &str, e: &OpenError, kind: Kind) -> Problem {
         .warning()
 }
 
-/// Polls the database files until shutdown or until the filter is dropped. Without a Tokio
-/// runtime (`sheepdog check`) there is nothing to watch for.
+/// Loads the databases first when `load_first` (in the background, after start-up), then polls
+/// the files until shutdown or until the filter is dropped. Without a Tokio runtime
+/// (`sheepdog check`, or the configuration check before the runtime starts) there is nothing
+/// to watch for.
 fn spawn_watcher(
     shared: Weak<Shared>,
     interval: Duration,
     shutdown: tokio_util::sync::CancellationToken,
+    mut seen: (Option<database::Fingerprint>, Option<database::Fingerprint>),
+    load_first: bool,
 ) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
-    let Some(s) = shared.upgrade() else { return };
-    let mut seen = (
-        s.city.initial_fingerprint(),
-        s.asn.as_ref().and_then(WatchedDb::initial_fingerprint),
-    );
-    drop(s);
     handle.spawn(async move {
+        let mut first = load_first;
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(interval) => {}
+            if !first {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(interval) => {}
+                }
             }
             let Some(s) = shared.upgrade() else { return };
             let before = seen;
+            let work = s.clone();
             let joined = tokio::task::spawn_blocking(move || {
-                let city = s.city.refresh(before.0);
-                let asn = s.asn.as_ref().and_then(|db| db.refresh(before.1));
-                if (city, asn) != before {
-                    s.report_health();
-                }
+                let city = work.city.refresh(before.0);
+                let asn = work.asn.as_ref().and_then(|db| db.refresh(before.1));
                 (city, asn)
             })
             .await;
             match joined {
-                Ok(now) => seen = now,
-                Err(e) => tracing::error!(error = %e, "GeoIP reload check failed"),
+                Ok(now) => {
+                    if first || now != before {
+                        s.loading.store(false, Ordering::Relaxed);
+                        s.report_health();
+                    }
+                    seen = now;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "GeoIP database check failed");
+                    s.loading.store(false, Ordering::Relaxed);
+                    s.report_health();
+                }
+            }
+            if first {
+                // Whatever the outcome, the workers may start: with a database, or without one
+                // (reported in health and the log) passing events through.
+                s.ready.send_replace(true);
+                first = false;
             }
         }
     });
@@ -402,113 +431,123 @@ pub fn is_local(ip: IpAddr) -> bool {
 }
 
 impl GeoipFilter {
-    /// Looks `ip` up in the databases in use, bypassing the cache.
+    /// Looks `ip` up in the databases in use, bypassing the caches.
     pub fn lookup(&self, ip: IpAddr) -> Answer {
         let city = self.shared.city.current();
         let asn = self.shared.asn.as_ref().map(|a| a.current());
-        self.resolve(ip, city.as_deref(), asn.as_ref().and_then(|g| g.as_deref()))
+        let asn = asn.as_ref().and_then(|g| g.as_deref());
+        let geo = city.as_deref().and_then(|db| {
+            let at = db.find(ip)?;
+            Some(city_object(&record::city(db.data(), at), self.fields))
+        });
+        let as_obj = asn.and_then(|db| {
+            let at = db.find(ip)?;
+            Some(asn_object(&record::asn(db.data(), at), self.fields))
+        });
+        match self.answer(&ip.to_string(), geo.as_ref(), as_obj.as_ref()) {
+            Some(out) => Answer::Found(Value::Object(out)),
+            None => Answer::NotFound,
+        }
     }
 
-    fn resolve(&self, ip: IpAddr, city: Option<&Loaded>, asn: Option<&Loaded>) -> Answer {
-        let f = self.fields;
-        let mut geo = Map::new();
-        if let Some(db) = city {
-            match db.reader.lookup::<CityRecord>(ip) {
-                Ok(Some(r)) => write_city(&mut geo, &r, f),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::debug!(%ip, error = %e, "GeoIP City lookup failed");
-                }
-            }
-        }
-        let mut as_obj = Map::new();
-        if let Some(db) = asn {
-            if let Ok(Some(r)) = db.reader.lookup::<AsnRecord>(ip) {
-                if let (true, Some(n)) = (f.has(GeoField::AsNumber), r.autonomous_system_number) {
-                    as_obj.insert("number".into(), Value::from(n));
-                }
-                if let (true, Some(o)) = (
-                    f.has(GeoField::AsOrganization),
-                    r.autonomous_system_organization,
-                ) {
-                    let mut org = Map::new();
-                    org.insert("name".into(), Value::from(o));
-                    as_obj.insert("organization".into(), Value::Object(org));
-                }
-            }
-        }
-        if geo.is_empty() && as_obj.is_empty() {
-            return Answer::NotFound;
+    /// The object written to `target`, `None` when neither database knows the address.
+    fn answer(
+        &self,
+        ip: &str,
+        geo: Option<&Value>,
+        as_obj: Option<&Value>,
+    ) -> Option<Map<String, Value>> {
+        let geo = geo.filter(|v| !v.is_null());
+        let as_obj = as_obj.filter(|v| !v.is_null());
+        if geo.is_none() && as_obj.is_none() {
+            return None;
         }
         let mut out = Map::new();
-        if f.has(GeoField::Ip) {
-            out.insert("ip".into(), Value::String(ip.to_string()));
+        if self.fields.has(GeoField::Ip) {
+            out.insert("ip".into(), Value::String(ip.to_owned()));
         }
-        if !geo.is_empty() {
-            out.insert("geo".into(), Value::Object(geo));
+        if let Some(g) = geo {
+            out.insert("geo".into(), g.clone());
         }
-        if !as_obj.is_empty() {
-            out.insert("as".into(), Value::Object(as_obj));
+        if let Some(a) = as_obj {
+            out.insert("as".into(), a.clone());
         }
-        Answer::Found(Value::Object(out))
+        Some(out)
+    }
+
+    /// The `geo` (or `as`) part for the record at `at` of `db`, from `cache` when another
+    /// address of the same network was seen.
+    #[inline]
+    fn cached(
+        cache: &RecordCache,
+        db: &Loaded,
+        at: usize,
+        decode: impl FnOnce(&[u8], usize) -> Value,
+    ) -> Arc<Value> {
+        let key = (db.generation, at);
+        if let Some(v) = cache.get(&key) {
+            return v;
+        }
+        let v = Arc::new(decode(db.data(), at));
+        cache.insert(key, v.clone());
+        v
     }
 }
 
-fn write_city(geo: &mut Map<String, Value>, r: &CityRecord, f: FieldSet) {
+/// The `geo` object for a City record, `Null` when it has none of the selected fields.
+fn city_object(r: &record::CityFields, f: FieldSet) -> Value {
+    let mut geo = Map::new();
     let mut put = |field: GeoField, key: &str, v: Option<&str>| {
         if let (true, Some(v)) = (f.has(field), v) {
             geo.insert(key.into(), Value::from(v));
         }
     };
-    let country_iso = r.country.as_ref().and_then(|c| c.iso_code);
-    put(GeoField::CountryIsoCode, "country_iso_code", country_iso);
     put(
-        GeoField::CountryName,
-        "country_name",
-        r.country.as_ref().and_then(Coded::name),
+        GeoField::CountryIsoCode,
+        "country_iso_code",
+        r.country_iso_code,
     );
-    put(
-        GeoField::ContinentCode,
-        "continent_code",
-        r.continent.as_ref().and_then(|c| c.code),
-    );
-    // Like Logstash and the Elasticsearch geoip processor: the most specific subdivision.
-    let region = r.subdivisions.as_ref().and_then(|s| s.last());
-    if let (Some(c), Some(s)) = (country_iso, region.and_then(|s| s.iso_code)) {
+    put(GeoField::CountryName, "country_name", r.country_name);
+    put(GeoField::ContinentCode, "continent_code", r.continent_code);
+    if let (Some(c), Some(s)) = (r.country_iso_code, r.region_code) {
         put(
             GeoField::RegionIsoCode,
             "region_iso_code",
             Some(&format!("{c}-{s}")),
         );
     }
-    put(
-        GeoField::RegionName,
-        "region_name",
-        region.and_then(Coded::name),
-    );
-    put(
-        GeoField::CityName,
-        "city_name",
-        r.city
-            .as_ref()
-            .and_then(|c| c.names.as_ref())
-            .and_then(|n| n.en),
-    );
-    put(
-        GeoField::PostalCode,
-        "postal_code",
-        r.postal.as_ref().and_then(|p| p.code),
-    );
-    if let Some(loc) = &r.location {
-        put(GeoField::Timezone, "timezone", loc.time_zone);
-        if let (true, Some(lat), Some(lon)) =
-            (f.has(GeoField::Location), loc.latitude, loc.longitude)
-        {
-            let mut l = Map::new();
-            l.insert("lat".into(), Value::from(lat));
-            l.insert("lon".into(), Value::from(lon));
-            geo.insert("location".into(), Value::Object(l));
-        }
+    put(GeoField::RegionName, "region_name", r.region_name);
+    put(GeoField::CityName, "city_name", r.city_name);
+    put(GeoField::PostalCode, "postal_code", r.postal_code);
+    put(GeoField::Timezone, "timezone", r.time_zone);
+    if let (true, Some(lat), Some(lon)) = (f.has(GeoField::Location), r.latitude, r.longitude) {
+        let mut l = Map::new();
+        l.insert("lat".into(), Value::from(lat));
+        l.insert("lon".into(), Value::from(lon));
+        geo.insert("location".into(), Value::Object(l));
+    }
+    if geo.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(geo)
+    }
+}
+
+/// The `as` object for an ASN record, `Null` when it has none of the selected fields.
+fn asn_object(r: &record::AsnFields, f: FieldSet) -> Value {
+    let mut as_obj = Map::new();
+    if let (true, Some(n)) = (f.has(GeoField::AsNumber), r.number) {
+        as_obj.insert("number".into(), Value::from(n));
+    }
+    if let (true, Some(o)) = (f.has(GeoField::AsOrganization), r.organization) {
+        let mut org = Map::new();
+        org.insert("name".into(), Value::from(o));
+        as_obj.insert("organization".into(), Value::Object(org));
+    }
+    if as_obj.is_empty() {
+        Value::Null
+    } else {
+        Value::Object(as_obj)
     }
 }
 
@@ -526,8 +565,11 @@ impl Filter for GeoipFilter {
         let Some(value) = event.get(&self.source) else {
             return true;
         };
-        let parsed = source_text(value).and_then(|s| s.trim().parse::<IpAddr>().ok());
-        let Some(ip) = parsed else {
+        let Some(text) = source_text(value).map(str::trim) else {
+            event.add_tag(TAG_INVALID_IP);
+            return false;
+        };
+        let Ok(ip) = text.parse::<IpAddr>() else {
             event.add_tag(TAG_INVALID_IP);
             return false;
         };
@@ -536,30 +578,53 @@ impl Filter for GeoipFilter {
         }
         let city = self.shared.city.current();
         let Some(city_db) = city.as_deref() else {
-            // No database yet: pass through; health and the start-up warning say why.
+            // No database: pass through; health and the start-up warning say why.
             return true;
         };
+        let f = self.fields;
+        let geo = city_db.find(ip).map(|at| {
+            Self::cached(&self.city_cache, city_db, at, |d, at| {
+                city_object(&record::city(d, at), f)
+            })
+        });
         let asn = self.shared.asn.as_ref().map(|a| a.current());
-        let asn_db = asn.as_ref().and_then(|g| g.as_deref());
-        let key = (city_db.generation, asn_db.map_or(0, |d| d.generation), ip);
-        let answer = match self.cache.get(&key) {
-            Some(a) => a,
-            None => {
-                let a = Arc::new(self.resolve(ip, Some(city_db), asn_db));
-                self.cache.insert(key, a.clone());
-                a
+        let as_obj = asn.as_ref().and_then(|g| g.as_deref()).and_then(|db| {
+            let at = db.find(ip)?;
+            Some(Self::cached(&self.asn_cache, db, at, |d, at| {
+                asn_object(&record::asn(d, at), f)
+            }))
+        });
+        // A parsed IPv4 address's text is already canonical (the parser refuses leading zeros
+        // and surrounding text); IPv6 is written in its canonical compressed form.
+        let canonical;
+        let ip_text = match ip {
+            IpAddr::V4(_) => text,
+            IpAddr::V6(_) => {
+                canonical = ip.to_string();
+                canonical.as_str()
             }
         };
-        match &*answer {
-            Answer::Found(v) => {
-                event.insert(&self.target, v.clone());
+        match self.answer(ip_text, geo.as_deref(), as_obj.as_deref()) {
+            Some(out) => {
+                event.insert(&self.target, Value::Object(out));
                 true
             }
-            Answer::NotFound => {
+            None => {
                 event.add_tag(TAG_LOOKUP_FAILURE);
                 false
             }
         }
+    }
+
+    fn ready(&self) -> Option<BoxFuture<'static, ()>> {
+        if *self.shared.ready.borrow() {
+            return None;
+        }
+        let mut rx = self.shared.ready.subscribe();
+        Some(Box::pin(async move {
+            // An error means the filter is gone; nothing left to wait for.
+            let _ = rx.wait_for(|ready| *ready).await;
+        }))
     }
 }
 

@@ -20,7 +20,7 @@ fn build(extra: &str) -> (GeoipFilter, Vec<Problem>, BuildContext) {
     let mut warnings = Vec::new();
     let f = toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build(&ctx, &mut warnings)
+        .build("geoip", &ctx, &mut warnings)
         .unwrap();
     (f, warnings, ctx)
 }
@@ -136,7 +136,7 @@ fn field_selection() {
     let mut warnings = Vec::new();
     let errs = toml::from_str::<Config>(cfg)
         .unwrap()
-        .build(&ctx(), &mut warnings)
+        .build("geoip", &ctx(), &mut warnings)
         .err()
         .unwrap();
     assert_eq!(
@@ -154,7 +154,7 @@ fn missing_database_passes_events_through_and_degrades() {
     let cfg = format!("database = '{}'", path.display());
     let f = toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build(&ctx, &mut warnings)
+        .build("geoip", &ctx, &mut warnings)
         .unwrap();
     assert_eq!(warnings.len(), 1);
     let w = warnings[0].to_string();
@@ -192,7 +192,7 @@ fn corrupt_database_is_a_warning_with_the_reason() {
         let cfg = format!("database = '{}'", fixture(name));
         let f = toml::from_str::<Config>(&cfg)
             .unwrap()
-            .build(&ctx, &mut warnings)
+            .build("geoip", &ctx, &mut warnings)
             .unwrap();
         let w = warnings[0].to_string();
         assert!(w.contains("not a valid MaxMind database"), "{name}: {w}");
@@ -207,7 +207,7 @@ fn corrupt_database_is_a_warning_with_the_reason() {
     let cfg = format!("database = '{}'", fixture("GeoLite2-ASN-Test.mmdb"));
     toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build(&ctx(), &mut warnings)
+        .build("geoip", &ctx(), &mut warnings)
         .unwrap();
     assert!(warnings[0]
         .to_string()
@@ -223,7 +223,7 @@ fn replacement_swaps_and_broken_replacement_is_refused() {
     let cfg = format!("database = '{}'", path.display());
     let f = toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build(&ctx, &mut Vec::new())
+        .build("geoip", &ctx, &mut Vec::new())
         .unwrap();
     let city_of = |f: &GeoipFilter| {
         let mut e = event(json!("81.2.69.142"));
@@ -271,7 +271,7 @@ async fn watcher_follows_the_file_and_stops_on_shutdown() {
     let cfg = format!("database = '{}'\nreload_interval = '100ms'", path.display());
     let f = toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build(&ctx, &mut Vec::new())
+        .build("geoip", &ctx, &mut Vec::new())
         .unwrap();
     assert_eq!(ctx.health.report().status, Status::Degraded);
     std::fs::copy(fixture("GeoLite2-City-Test.mmdb"), &path).unwrap();

@@ -5,7 +5,7 @@
 
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
 /// Zero bytes between the search tree and the data section.
-const DATA_SEPARATOR: usize = 16;
+pub const DATA_SEPARATOR: usize = 16;
 /// Deeper nesting than any MaxMind database uses; bounds the walk's recursion.
 const MAX_DEPTH: u32 = 32;
 
