@@ -3,7 +3,9 @@
 //!
 //! GEOLITE2_CITY=GeoLite2/GeoLite2-City.mmdb cargo bench --bench enrich
 //! (scripts/fetch-geolite2 puts the 2018 database there; without it the GeoIP benches fail
-//! with that hint.)
+//! with that hint.) The `loadgen_mix` rows take their client IPs from `sheepdog-loadgen gen`,
+//! the mix the throughput runs send. Before measuring, the stage's record decoder is checked
+//! against `maxminddb`'s own decoding on every address of the mix.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use serde_json::json;
@@ -121,6 +123,62 @@ fn agent_stream(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Client IPs as `sheepdog-loadgen gen` writes them (fixed seed).
+fn loadgen_ips(n: usize) -> Vec<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sheepdog-loadgen"))
+        .args(["gen", "--count", &n.to_string()])
+        .output()
+        .expect("run sheepdog-loadgen gen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["client_ip"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// The stage's decoder and `maxminddb`'s agree on every field the stage writes.
+fn check_decoder_against_maxminddb(path: &str, ips: &[IpAddr]) {
+    let registry = geoip::Registry::new();
+    let ours = geoip::open(std::path::Path::new(path), geoip::Kind::City, &registry).unwrap();
+    // Opened only after the verification above accepted the same file.
+    let theirs = maxminddb::Reader::open_mmap(path).unwrap();
+    fn en<'a>(n: &Option<std::collections::BTreeMap<&'a str, &'a str>>) -> Option<&'a str> {
+        n.as_ref().and_then(|m| m.get("en").copied())
+    }
+    for ip in ips {
+        let got = ours
+            .find(*ip)
+            .map(|at| geoip::record::city(ours.data(), at));
+        let want = theirs
+            .lookup::<maxminddb::geoip2::City>(*ip)
+            .unwrap()
+            .map(|c| {
+                let sub = c.subdivisions.as_ref().and_then(|s| s.last());
+                geoip::record::CityFields {
+                    country_iso_code: c.country.as_ref().and_then(|x| x.iso_code),
+                    country_name: c.country.as_ref().and_then(|x| en(&x.names)),
+                    continent_code: c.continent.as_ref().and_then(|x| x.code),
+                    region_code: sub.and_then(|x| x.iso_code),
+                    region_name: sub.and_then(|x| en(&x.names)),
+                    city_name: c.city.as_ref().and_then(|x| en(&x.names)),
+                    postal_code: c.postal.as_ref().and_then(|x| x.code),
+                    time_zone: c.location.as_ref().and_then(|x| x.time_zone),
+                    latitude: c.location.as_ref().and_then(|x| x.latitude),
+                    longitude: c.location.as_ref().and_then(|x| x.longitude),
+                }
+            });
+        assert_eq!(got, want, "{ip}");
+    }
+}
+
 fn geoip_filter(cache_size: usize) -> geoip::GeoipFilter {
     let ctx = sheepdog::BuildContext::new("data".into(), Default::default());
     let cfg = format!("database = '{}'\ncache_size = {cache_size}", database());
@@ -169,9 +227,30 @@ fn bench_geoip(c: &mut Criterion) {
     );
     drop(loaded);
 
+    let ips = public_ips(10_000);
+    let mix = loadgen_ips(100_000);
+    let mix_ips: Vec<IpAddr> = mix.iter().map(|s| s.parse().unwrap()).collect();
+    let distinct: std::collections::HashSet<&IpAddr> = mix_ips.iter().collect();
+    check_decoder_against_maxminddb(&path, &ips);
+    check_decoder_against_maxminddb(&path, &mix_ips);
+    let db = geoip::open(
+        std::path::Path::new(&path),
+        geoip::Kind::City,
+        &geoip::Registry::new(),
+    )
+    .unwrap();
+    let records: std::collections::HashSet<usize> =
+        mix_ips.iter().filter_map(|ip| db.find(*ip)).collect();
+    eprintln!(
+        "loadgen mix: {} events, {} distinct addresses, {} distinct records",
+        mix.len(),
+        distinct.len(),
+        records.len()
+    );
+    drop(db);
+
     let mut g = c.benchmark_group("geoip");
     let uncached = geoip_filter(0);
-    let ips = public_ips(10_000);
     g.throughput(Throughput::Elements(ips.len() as u64));
     g.bench_function("lookup_uncached_10k_distinct", |b| {
         b.iter(|| {
@@ -180,6 +259,26 @@ fn bench_geoip(c: &mut Criterion) {
             }
         })
     });
+    let template = events("client_ip", &mix);
+    g.throughput(Throughput::Elements(mix.len() as u64));
+    for cache in [0usize, 16_384] {
+        let f = geoip_filter(cache);
+        g.bench_with_input(
+            BenchmarkId::new("apply_loadgen_mix", format!("cache={cache}")),
+            &cache,
+            |b, _| {
+                b.iter_batched_ref(
+                    || template.clone(),
+                    |evs| {
+                        for e in evs.iter_mut() {
+                            f.apply(e);
+                        }
+                    },
+                    criterion::BatchSize::LargeInput,
+                )
+            },
+        );
+    }
     let stream = repeating_ips(5_000, 20_000);
     let template = events("client_ip", &stream);
     g.throughput(Throughput::Elements(stream.len() as u64));

@@ -497,3 +497,81 @@ fn sorted_buckets(items: &[(&str, u64)]) -> Vec<(String, u64)> {
     v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
     v
 }
+
+/// The full-size GeoLite2-City database (55 MB), put in place by scripts/fetch-geolite2
+/// (scripts/ci-deps/geoip.sh runs it in CI). Its verification takes long enough, in a debug
+/// build even more so, to observe the daemon before and after without a test-only delay.
+fn full_city_database() -> PathBuf {
+    let path = std::env::var_os("GEOLITE2_CITY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("GeoLite2/GeoLite2-City.mmdb"));
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-geolite2 (or scripts/ci-deps/geoip.sh), or set GEOLITE2_CITY",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn answers_before_the_database_is_verified_and_enriches_what_waited() {
+    let db = full_city_database();
+    let dir = scratch_dir();
+    let out = dir.join("out.ndjson");
+    let mut dog = Sheepdog::start(
+        shipped_with_file_output(&out),
+        &[("GEOIP_DB", db.to_str().unwrap())],
+    );
+    // The API and the HTTP input answer while the database is still being walked.
+    let health = geoip_health(&dog);
+    assert_eq!(health["status"], "degraded", "{health}");
+    let reason = health["reason"].as_str().unwrap();
+    assert!(reason.contains("loading database"), "{reason}");
+    assert!(reason.contains(&db.display().to_string()), "{reason}");
+    assert_eq!(dog.health().0, 200, "loading is not a failure");
+    let mut body = String::new();
+    for (seq, ip) in ["8.8.8.8", "81.2.69.142", "2001:218::1", "10.0.0.1"]
+        .iter()
+        .enumerate()
+    {
+        body.push_str(&json!({"seq": seq, "client_ip": ip}).to_string());
+        body.push('\n');
+    }
+    assert_eq!(
+        post_body(&dog.http_url, body, "application/x-ndjson", &[]).0,
+        200
+    );
+    let still_loading = geoip_health(&dog);
+    assert!(
+        still_loading["reason"]
+            .as_str()
+            .unwrap()
+            .contains("loading database"),
+        "verification finished before the post was answered; the test proves nothing: {still_loading}"
+    );
+    // Held back, not passed through unenriched.
+    let written = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(
+        written, "",
+        "events left the filters before the database was ready"
+    );
+
+    wait_for(Duration::from_secs(120), "geoip stage ok", || {
+        (geoip_health(&dog)["status"] == "ok").then_some(())
+    });
+    let mut events = read_events(&out, 4);
+    events.sort_by_key(|e| e["seq"].as_u64());
+    let country = |e: &Value| e["geoip"]["geo"]["country_iso_code"].clone();
+    assert_eq!(country(&events[0]), json!("US"), "{}", events[0]);
+    assert_eq!(country(&events[1]), json!("GB"), "{}", events[1]);
+    assert_eq!(country(&events[2]), json!("JP"), "{}", events[2]);
+    assert_eq!(events[2]["geoip"]["ip"], json!("2001:218::1"));
+    assert!(events[3].get("geoip").is_none(), "{}", events[3]);
+    for e in &events {
+        assert!(!e.to_string().contains("_geoip"), "{e}");
+    }
+    assert!(dog.stop().success());
+    let log = dog.log();
+    assert!(log.contains("GeoIP database loaded"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}

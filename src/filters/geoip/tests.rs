@@ -289,3 +289,120 @@ async fn watcher_follows_the_file_and_stops_on_shutdown() {
     assert_eq!(ctx.health.report().status, Status::Ok);
     ctx.shutdown.cancel();
 }
+
+fn build_in(ctx: &BuildContext, id: &str, database: &str) -> (GeoipFilter, Vec<Problem>) {
+    let mut warnings = Vec::new();
+    let f = toml::from_str::<Config>(&format!("database = '{database}'"))
+        .unwrap()
+        .build(id, ctx, &mut warnings)
+        .unwrap();
+    (f, warnings)
+}
+
+#[tokio::test]
+async fn background_load_holds_readiness_until_verified() {
+    let mut ctx = ctx();
+    ctx.verify = crate::Verify::Background;
+    let db = fixture("GeoLite2-City-Test.mmdb");
+    let (f, warnings) = build_in(&ctx, "geoip", &db);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // The loader has not run yet (this runtime runs one task at a time and we have not yielded).
+    let ready = f.ready().expect("the database is still to be verified");
+    let report = ctx.health.report();
+    assert_eq!(report.status, Status::Degraded);
+    let reason = &report.components[0].reason;
+    assert!(
+        reason.starts_with("loading database: verifying"),
+        "{reason}"
+    );
+    assert!(reason.contains(&db), "{reason}");
+    tokio::time::timeout(Duration::from_secs(10), ready)
+        .await
+        .expect("ready within 10 s");
+    assert!(f.ready().is_none());
+    assert_eq!(ctx.health.report().status, Status::Ok);
+    let mut e = event(json!("81.2.69.142"));
+    assert!(f.apply(&mut e));
+    assert_eq!(e.fields()["geoip"]["geo"]["city_name"], json!("London"));
+
+    // A broken file: ready as well (the stage passes events through), health says why.
+    let (f, warnings) = build_in(
+        &ctx,
+        "broken",
+        &fixture("MaxMind-DB-test-broken-pointers-24.mmdb"),
+    );
+    assert!(
+        warnings.is_empty(),
+        "found only when verified: {warnings:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), f.ready().unwrap())
+        .await
+        .unwrap();
+    let broken = ctx
+        .health
+        .report()
+        .components
+        .into_iter()
+        .find(|c| c.component == "filter broken")
+        .unwrap();
+    assert_eq!(broken.status, Status::Degraded);
+    assert!(
+        broken.reason.contains("not a valid MaxMind database"),
+        "{}",
+        broken.reason
+    );
+    let mut e = event(json!("81.2.69.142"));
+    assert!(f.apply(&mut e));
+    assert!(e.fields().get("geoip").is_none());
+}
+
+#[test]
+fn each_stage_reports_its_own_health() {
+    let ctx = ctx();
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("GeoLite2-Country.mmdb");
+    build_in(&ctx, "geoip", &fixture("GeoLite2-City-Test.mmdb"));
+    build_in(&ctx, "geoip_country", missing.to_str().unwrap());
+    let report = ctx.health.report();
+    let entries: Vec<(&str, Status)> = report
+        .components
+        .iter()
+        .map(|c| (c.component.as_str(), c.status))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("filter geoip", Status::Ok),
+            ("filter geoip_country", Status::Degraded)
+        ]
+    );
+}
+
+#[test]
+fn pipelines_keep_their_own_database_state() {
+    let db = fixture("GeoLite2-City-Test.mmdb");
+    let generation = |f: &GeoipFilter| f.shared.city.current().as_ref().unwrap().generation;
+    let (a, b) = (ctx(), ctx());
+    let (a1, _) = build_in(&a, "geoip", &db);
+    let (a2, _) = build_in(&a, "geoip", &db);
+    let (b1, _) = build_in(&b, "geoip", &db);
+    // Within one pipeline every opened file has its own generation (cached answers of one
+    // never serve the other); another pipeline counts on its own.
+    assert_eq!((generation(&a1), generation(&a2)), (1, 2));
+    assert_eq!(generation(&b1), 1);
+}
+
+#[test]
+fn address_text_is_written_canonically() {
+    let (f, _, _) = build("");
+    let mut e = event(json!(" 81.2.69.142 "));
+    assert!(f.apply(&mut e));
+    assert_eq!(e.fields()["geoip"]["ip"], json!("81.2.69.142"));
+    let mut e = event(json!("2001:0218:0000::0001"));
+    assert!(f.apply(&mut e));
+    assert_eq!(e.fields()["geoip"]["ip"], json!("2001:218::1"));
+    // Leading zeros are not an IPv4 address (they would read as octal elsewhere).
+    let mut e = event(json!("081.2.69.142"));
+    assert!(!f.apply(&mut e));
+    assert!(e.has_tag(TAG_INVALID_IP));
+}
