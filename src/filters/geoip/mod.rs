@@ -130,10 +130,12 @@ pub enum Answer {
     NotFound,
 }
 
-/// A decoded record's part of the answer (`geo` or `as`), keyed by database generation and
+/// Decoded records as positions in their data section, keyed by database generation and
 /// record offset: addresses of one network share a record, so the cache hits for clients that
-/// never repeat an address. `Value::Null` when the record has none of the selected fields.
-type RecordCache = ShardedCache<(u64, usize), Arc<Value>>;
+/// never repeat an address, and an entry is a few words (no allocation) however many fields
+/// the record has.
+type CityCache = ShardedCache<(u64, usize), record::CitySpans>;
+type AsnCache = ShardedCache<(u64, usize), record::AsnSpans>;
 
 /// Everything the loader and reload watcher need; the filter holds it, the watcher only a
 /// `Weak`.
@@ -188,8 +190,8 @@ pub struct GeoipFilter {
     target: FieldPath,
     fields: FieldSet,
     shared: Arc<Shared>,
-    city_cache: RecordCache,
-    asn_cache: RecordCache,
+    city_cache: CityCache,
+    asn_cache: AsnCache,
 }
 
 impl Config {
@@ -310,14 +312,13 @@ impl Config {
             seen,
             background,
         );
-        let cache = |size| ShardedCache::new(size);
         Ok(GeoipFilter {
             source,
             target,
             fields,
             shared,
-            city_cache: cache(self.cache_size),
-            asn_cache: cache(if self.asn_database.is_some() {
+            city_cache: ShardedCache::new(self.cache_size),
+            asn_cache: ShardedCache::new(if self.asn_database.is_some() {
                 self.cache_size
             } else {
                 0
@@ -444,7 +445,7 @@ impl GeoipFilter {
             let at = db.find(ip)?;
             Some(asn_object(&record::asn(db.data(), at), self.fields))
         });
-        match self.answer(&ip.to_string(), geo.as_ref(), as_obj.as_ref()) {
+        match self.answer(&ip.to_string(), geo, as_obj) {
             Some(out) => Answer::Found(Value::Object(out)),
             None => Answer::NotFound,
         }
@@ -454,8 +455,8 @@ impl GeoipFilter {
     fn answer(
         &self,
         ip: &str,
-        geo: Option<&Value>,
-        as_obj: Option<&Value>,
+        geo: Option<Value>,
+        as_obj: Option<Value>,
     ) -> Option<Map<String, Value>> {
         let geo = geo.filter(|v| !v.is_null());
         let as_obj = as_obj.filter(|v| !v.is_null());
@@ -467,30 +468,40 @@ impl GeoipFilter {
             out.insert("ip".into(), Value::String(ip.to_owned()));
         }
         if let Some(g) = geo {
-            out.insert("geo".into(), g.clone());
+            out.insert("geo".into(), g);
         }
         if let Some(a) = as_obj {
-            out.insert("as".into(), a.clone());
+            out.insert("as".into(), a);
         }
         Some(out)
     }
 
-    /// The `geo` (or `as`) part for the record at `at` of `db`, from `cache` when another
-    /// address of the same network was seen.
+    /// The City fields of the record at `at`, from the cache when another address of the same
+    /// network was seen.
     #[inline]
-    fn cached(
-        cache: &RecordCache,
-        db: &Loaded,
-        at: usize,
-        decode: impl FnOnce(&[u8], usize) -> Value,
-    ) -> Arc<Value> {
+    fn city_fields<'a>(&self, db: &'a Loaded, at: usize) -> record::CityFields<'a> {
         let key = (db.generation, at);
-        if let Some(v) = cache.get(&key) {
-            return v;
+        if let Some(spans) = self.city_cache.get(&key) {
+            return spans.fields(db.data());
         }
-        let v = Arc::new(decode(db.data(), at));
-        cache.insert(key, v.clone());
-        v
+        let fields = record::city(db.data(), at);
+        if let Some(spans) = record::CitySpans::of(db.data(), &fields) {
+            self.city_cache.insert(key, spans);
+        }
+        fields
+    }
+
+    #[inline]
+    fn asn_fields<'a>(&self, db: &'a Loaded, at: usize) -> record::AsnFields<'a> {
+        let key = (db.generation, at);
+        if let Some(spans) = self.asn_cache.get(&key) {
+            return spans.fields(db.data());
+        }
+        let fields = record::asn(db.data(), at);
+        if let Some(spans) = record::AsnSpans::of(db.data(), &fields) {
+            self.asn_cache.insert(key, spans);
+        }
+        fields
     }
 }
 
@@ -582,17 +593,13 @@ impl Filter for GeoipFilter {
             return true;
         };
         let f = self.fields;
-        let geo = city_db.find(ip).map(|at| {
-            Self::cached(&self.city_cache, city_db, at, |d, at| {
-                city_object(&record::city(d, at), f)
-            })
-        });
+        let geo = city_db
+            .find(ip)
+            .map(|at| city_object(&self.city_fields(city_db, at), f));
         let asn = self.shared.asn.as_ref().map(|a| a.current());
         let as_obj = asn.as_ref().and_then(|g| g.as_deref()).and_then(|db| {
             let at = db.find(ip)?;
-            Some(Self::cached(&self.asn_cache, db, at, |d, at| {
-                asn_object(&record::asn(d, at), f)
-            }))
+            Some(asn_object(&self.asn_fields(db, at), f))
         });
         // A parsed IPv4 address's text is already canonical (the parser refuses leading zeros
         // and surrounding text); IPv6 is written in its canonical compressed form.
@@ -604,7 +611,7 @@ impl Filter for GeoipFilter {
                 canonical.as_str()
             }
         };
-        match self.answer(ip_text, geo.as_deref(), as_obj.as_deref()) {
+        match self.answer(ip_text, geo, as_obj) {
             Some(out) => {
                 event.insert(&self.target, Value::Object(out));
                 true

@@ -28,6 +28,113 @@ pub struct AsnFields<'a> {
     pub organization: Option<&'a str>,
 }
 
+/// Where a string lies in the data section; kept instead of the string so a cached record
+/// costs a few words and no allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    at: u32,
+    len: u32,
+}
+
+impl Span {
+    const NONE: Span = Span {
+        at: 0,
+        len: u32::MAX,
+    };
+
+    fn of(data: &[u8], s: Option<&str>) -> Option<Span> {
+        let Some(s) = s else {
+            return Some(Span::NONE);
+        };
+        let at = (s.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+        Some(Span {
+            at: u32::try_from(at).ok()?,
+            len: u32::try_from(s.len()).ok().filter(|&l| l != u32::MAX)?,
+        })
+    }
+
+    fn get(self, data: &[u8]) -> Option<&str> {
+        if self.len == u32::MAX {
+            return None;
+        }
+        let at = self.at as usize;
+        std::str::from_utf8(data.get(at..at + self.len as usize)?).ok()
+    }
+}
+
+/// A decoded City record as positions in its data section: what the stage caches per record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CitySpans {
+    strs: [Span; 8],
+    latitude: Option<f64>,
+    longitude: Option<f64>,
+}
+
+impl CitySpans {
+    /// `None` when a string lies beyond what the spans can address (a data section over 4 GiB).
+    pub fn of(data: &[u8], c: &CityFields) -> Option<CitySpans> {
+        let strs = [
+            c.country_iso_code,
+            c.country_name,
+            c.continent_code,
+            c.region_code,
+            c.region_name,
+            c.city_name,
+            c.postal_code,
+            c.time_zone,
+        ];
+        let mut out = [Span::NONE; 8];
+        for (o, s) in out.iter_mut().zip(strs) {
+            *o = Span::of(data, s)?;
+        }
+        Some(CitySpans {
+            strs: out,
+            latitude: c.latitude,
+            longitude: c.longitude,
+        })
+    }
+
+    /// The fields again, from the same data section they were taken from.
+    pub fn fields<'a>(&self, data: &'a [u8]) -> CityFields<'a> {
+        let s = |i: usize| self.strs[i].get(data);
+        CityFields {
+            country_iso_code: s(0),
+            country_name: s(1),
+            continent_code: s(2),
+            region_code: s(3),
+            region_name: s(4),
+            city_name: s(5),
+            postal_code: s(6),
+            time_zone: s(7),
+            latitude: self.latitude,
+            longitude: self.longitude,
+        }
+    }
+}
+
+/// A decoded ASN record as positions in its data section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AsnSpans {
+    number: Option<u32>,
+    organization: Span,
+}
+
+impl AsnSpans {
+    pub fn of(data: &[u8], a: &AsnFields) -> Option<AsnSpans> {
+        Some(AsnSpans {
+            number: a.number,
+            organization: Span::of(data, a.organization)?,
+        })
+    }
+
+    pub fn fields<'a>(&self, data: &'a [u8]) -> AsnFields<'a> {
+        AsnFields {
+            number: self.number,
+            organization: self.organization.get(data),
+        }
+    }
+}
+
 /// Bounds the recursion of [`Data::skip`]; deeper than any MaxMind database nests (the
 /// verifier refuses deeper nesting too).
 const MAX_DEPTH: u32 = 32;
@@ -269,15 +376,24 @@ impl<'a> Iterator for Entries<'a> {
             return None;
         }
         self.left -= 1;
-        let key = self.data.bytes(self.pos, STRING);
-        let value = self.data.skip(self.pos, 0);
-        let next = value.and_then(|v| self.data.skip(v, 0));
-        match (key, value, next) {
-            (Some(k), Some(v), Some(n)) => {
-                self.pos = n;
+        let d = self.data;
+        // The key is read once: a string, or a pointer to one (keys are usually shared).
+        let key = d.header(self.pos).and_then(|(kind, size, pos)| match kind {
+            STRING => Some((d.0.get(pos..pos + size)?, pos + size)),
+            POINTER => {
+                let (target, end) = d.pointer(size, pos)?;
+                let (kind, size, pos) = d.header(target)?;
+                (kind == STRING).then(|| Some((d.0.get(pos..pos + size)?, end)))?
+            }
+            _ => None,
+        });
+        let item = key.and_then(|(k, value)| Some((k, value, d.skip(value, 0)?)));
+        match item {
+            Some((k, v, next)) => {
+                self.pos = next;
                 Some((k, v))
             }
-            _ => {
+            None => {
                 // Malformed: stop rather than misread the rest.
                 self.left = 0;
                 None
