@@ -52,7 +52,8 @@ pub struct Config {
     /// How often the database files are checked for replacement. Default 5s.
     #[serde(default = "default_reload", deserialize_with = "de::duration")]
     pub reload_interval: Duration,
-    /// Lookup results kept for repeating client IPs; 0 disables the cache. Default 16384.
+    /// Decoded database records kept (about 100 bytes each), shared by every address of a
+    /// network; 0 disables the cache. Default 65536.
     #[serde(default = "default_cache", deserialize_with = "de::from_str_or_value")]
     pub cache_size: usize,
 }
@@ -70,7 +71,7 @@ fn default_reload() -> Duration {
     Duration::from_secs(5)
 }
 fn default_cache() -> usize {
-    16_384
+    65_536
 }
 fn opt_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
     de::string_list(d).map(Some)
@@ -520,17 +521,21 @@ fn city_object(r: &record::CityFields, f: FieldSet) -> Value {
     );
     put(GeoField::CountryName, "country_name", r.country_name);
     put(GeoField::ContinentCode, "continent_code", r.continent_code);
-    if let (Some(c), Some(s)) = (r.country_iso_code, r.region_code) {
-        put(
-            GeoField::RegionIsoCode,
-            "region_iso_code",
-            Some(&format!("{c}-{s}")),
-        );
-    }
     put(GeoField::RegionName, "region_name", r.region_name);
     put(GeoField::CityName, "city_name", r.city_name);
     put(GeoField::PostalCode, "postal_code", r.postal_code);
     put(GeoField::Timezone, "timezone", r.time_zone);
+    if let (true, Some(c), Some(s)) = (
+        f.has(GeoField::RegionIsoCode),
+        r.country_iso_code,
+        r.region_code,
+    ) {
+        let mut code = String::with_capacity(c.len() + 1 + s.len());
+        code.push_str(c);
+        code.push('-');
+        code.push_str(s);
+        geo.insert("region_iso_code".into(), Value::String(code));
+    }
     if let (true, Some(lat), Some(lon)) = (f.has(GeoField::Location), r.latitude, r.longitude) {
         let mut l = Map::new();
         l.insert("lat".into(), Value::from(lat));
