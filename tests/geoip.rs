@@ -498,19 +498,27 @@ fn sorted_buckets(items: &[(&str, u64)]) -> Vec<(String, u64)> {
     v
 }
 
-/// The full-size GeoLite2-City database (55 MB), put in place by scripts/fetch-geolite2
-/// (scripts/ci-deps/geoip.sh runs it in CI). Its verification takes long enough, in a debug
-/// build even more so, to observe the daemon before and after without a test-only delay.
+/// The full-size GeoLite2-City database (55 MB): $GEOLITE2_CITY, else where
+/// scripts/fetch-geolite2 puts it (GeoLite2/) or where CI's scripts/ci-deps/geoip.sh does
+/// (target/geolite2/). Its verification takes long enough, in a debug build even more so, to
+/// observe the daemon before and after without a test-only delay.
 fn full_city_database() -> PathBuf {
-    let path = std::env::var_os("GEOLITE2_CITY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("GeoLite2/GeoLite2-City.mmdb"));
-    assert!(
-        path.is_file(),
-        "{} is missing: run scripts/fetch-geolite2 (or scripts/ci-deps/geoip.sh), or set GEOLITE2_CITY",
-        path.display()
-    );
-    path
+    let candidates: Vec<PathBuf> = match std::env::var_os("GEOLITE2_CITY") {
+        Some(p) => vec![PathBuf::from(p)],
+        None => vec![
+            repo_root().join("GeoLite2/GeoLite2-City.mmdb"),
+            repo_root().join("target/geolite2/GeoLite2-City.mmdb"),
+        ],
+    };
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "no full-size GeoLite2-City database at {candidates:?}: run scripts/ci-deps/geoip.sh (or scripts/fetch-geolite2), or set GEOLITE2_CITY"
+            )
+        })
 }
 
 #[test]
@@ -518,7 +526,7 @@ fn answers_before_the_database_is_verified_and_enriches_what_waited() {
     let db = full_city_database();
     let dir = scratch_dir();
     let out = dir.join("out.ndjson");
-    let mut dog = Sheepdog::start(
+    let mut dog = Sheepdog::start_loading(
         shipped_with_file_output(&out),
         &[("GEOIP_DB", db.to_str().unwrap())],
     );

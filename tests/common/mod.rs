@@ -172,8 +172,33 @@ pub fn sheepdog_binary() -> PathBuf {
 impl Sheepdog {
     /// Starts `sheepdog run --config <config>` with HTTP/Beats/API on free ports (overridable
     /// through `env`), DATA_DIR in a fresh temporary directory unless given, and waits until
-    /// the API answers `/health`.
+    /// the API answers `/health` and no stage is still loading (the GeoIP database is verified
+    /// after the inputs bind; events sent meanwhile wait in the queue).
     pub fn start(config: impl AsRef<Path>, env: &[(&str, &str)]) -> Sheepdog {
+        let dog = Sheepdog::start_loading(config, env);
+        let start = Instant::now();
+        loop {
+            let (_, health) = dog.health();
+            let loading = health["components"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["reason"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("loading"))
+                })
+            });
+            if !loading {
+                return dog;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                panic!("sheepdog still loading after 120s: {health}\n{}", dog.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Like [`Sheepdog::start`], but returns as soon as `/health` answers, while stages may
+    /// still be loading.
+    pub fn start_loading(config: impl AsRef<Path>, env: &[(&str, &str)]) -> Sheepdog {
         let lookup = |k: &str| {
             env.iter()
                 .find(|(n, _)| *n == k)

@@ -378,20 +378,19 @@ fn spawn_watcher(
             let Some(s) = shared.upgrade() else { return };
             let before = seen;
             let work = s.clone();
+            let load = first;
             let joined = tokio::task::spawn_blocking(move || {
                 let city = work.city.refresh(before.0);
                 let asn = work.asn.as_ref().and_then(|db| db.refresh(before.1));
+                if load || (city, asn) != before {
+                    work.loading.store(false, Ordering::Relaxed);
+                    work.report_health();
+                }
                 (city, asn)
             })
             .await;
             match joined {
-                Ok(now) => {
-                    if first || now != before {
-                        s.loading.store(false, Ordering::Relaxed);
-                        s.report_health();
-                    }
-                    seen = now;
-                }
+                Ok(now) => seen = now,
                 Err(e) => {
                     tracing::error!(error = %e, "GeoIP database check failed");
                     s.loading.store(false, Ordering::Relaxed);
