@@ -169,3 +169,18 @@ fn refused_documents_go_to_the_dead_letter_file_with_the_reason() {
     assert_eq!(dog.health().0, 200);
     assert!(dog.stop().success());
 }
+
+#[test]
+fn stops_promptly_when_elasticsearch_never_answered_and_nothing_was_queued() {
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let mut dog = Sheepdog::start("pipelines/holysheep.toml", &[("ES_HOSTS", closed.as_str())]);
+    let started = std::time::Instant::now();
+    let status = dog.stop();
+    assert!(status.success(), "exit status {status}\n{}", dog.log());
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "shutdown took {:?}\n{}",
+        started.elapsed(),
+        dog.log()
+    );
+}

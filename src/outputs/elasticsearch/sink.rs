@@ -442,7 +442,21 @@ impl Gathering {
 
 /// Runs until every `submit` handle is gone and everything received has been dealt with.
 pub async fn run(sink: Arc<Sink>, mut rx: mpsc::Receiver<Pending>) {
-    sink.install_template().await;
+    // The template goes in before the first bulk. If the pipeline stops while Elasticsearch is
+    // still unreachable and nothing was ever queued, there is nothing to wait for.
+    let install = sink.install_template();
+    tokio::pin!(install);
+    loop {
+        tokio::select! {
+            _ = &mut install => break,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {
+                if rx.is_closed() && rx.is_empty() {
+                    tracing::info!(output = %sink.id, "stopping before Elasticsearch answered; nothing was queued");
+                    return;
+                }
+            }
+        }
+    }
     let s = &sink.settings;
     let mut gathering = Gathering::new();
     let mut in_flight: JoinSet<()> = JoinSet::new();
