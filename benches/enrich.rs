@@ -261,7 +261,7 @@ fn bench_geoip(c: &mut Criterion) {
     });
     let template = events("client_ip", &mix);
     g.throughput(Throughput::Elements(mix.len() as u64));
-    for cache in [0usize, 65_536] {
+    for cache in [0usize, 16_384] {
         let f = geoip_filter(cache);
         g.bench_with_input(
             BenchmarkId::new("apply_loadgen_mix", format!("cache={cache}")),
@@ -282,7 +282,7 @@ fn bench_geoip(c: &mut Criterion) {
     let stream = repeating_ips(5_000, 20_000);
     let template = events("client_ip", &stream);
     g.throughput(Throughput::Elements(stream.len() as u64));
-    for cache in [0usize, 65_536] {
+    for cache in [0usize, 16_384] {
         let f = geoip_filter(cache);
         g.bench_with_input(
             BenchmarkId::new("apply_5k_clients", format!("cache={cache}")),

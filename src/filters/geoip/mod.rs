@@ -52,8 +52,8 @@ pub struct Config {
     /// How often the database files are checked for replacement. Default 5s.
     #[serde(default = "default_reload", deserialize_with = "de::duration")]
     pub reload_interval: Duration,
-    /// Decoded database records kept (about 100 bytes each), shared by every address of a
-    /// network; 0 disables the cache. Default 65536.
+    /// Answers kept per client address, and decoded database records (shared by every
+    /// address of a network) kept, each up to this many; 0 disables both. Default 16384.
     #[serde(default = "default_cache", deserialize_with = "de::from_str_or_value")]
     pub cache_size: usize,
 }
@@ -71,7 +71,7 @@ fn default_reload() -> Duration {
     Duration::from_secs(5)
 }
 fn default_cache() -> usize {
-    65_536
+    16_384
 }
 fn opt_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
     de::string_list(d).map(Some)
@@ -138,6 +138,11 @@ pub enum Answer {
 type CityCache = ShardedCache<(u64, usize), record::CitySpans>;
 type AsnCache = ShardedCache<(u64, usize), record::AsnSpans>;
 
+/// Finished answers per address text (as written in the event, so a hit needs no parse and no
+/// tree walk), tagged with the database generations they came from; `None` is "not found".
+/// Clients repeat their address, so most events are hits.
+type AddressCache = ShardedCache<Box<str>, (u64, u64, Arc<Option<Value>>)>;
+
 /// Everything the loader and reload watcher need; the filter holds it, the watcher only a
 /// `Weak`.
 struct Shared {
@@ -193,6 +198,7 @@ pub struct GeoipFilter {
     shared: Arc<Shared>,
     city_cache: CityCache,
     asn_cache: AsnCache,
+    address_cache: AddressCache,
 }
 
 impl Config {
@@ -319,6 +325,7 @@ impl Config {
             fields,
             shared,
             city_cache: ShardedCache::new(self.cache_size),
+            address_cache: ShardedCache::new(self.cache_size),
             asn_cache: ShardedCache::new(if self.asn_database.is_some() {
                 self.cache_size
             } else {
@@ -575,6 +582,22 @@ fn source_text(v: &Value) -> Option<&str> {
     }
 }
 
+impl GeoipFilter {
+    /// Writes `answer` to the target, or tags the event when the address was not found.
+    fn write(&self, event: &mut Event, answer: Option<Value>) -> bool {
+        match answer {
+            Some(v) => {
+                event.insert(&self.target, v);
+                true
+            }
+            None => {
+                event.add_tag(TAG_LOOKUP_FAILURE);
+                false
+            }
+        }
+    }
+}
+
 impl Filter for GeoipFilter {
     fn apply(&self, event: &mut Event) -> bool {
         let Some(value) = event.get(&self.source) else {
@@ -584,6 +607,20 @@ impl Filter for GeoipFilter {
             event.add_tag(TAG_INVALID_IP);
             return false;
         };
+        let city = self.shared.city.current();
+        let asn = self.shared.asn.as_ref().map(|a| a.current());
+        let asn_db = asn.as_ref().and_then(|g| g.as_deref());
+        let generations = (
+            city.as_deref().map_or(0, |d| d.generation),
+            asn_db.map_or(0, |d| d.generation),
+        );
+        // Only valid, non-local addresses answered by a database are cached, so a hit skips
+        // exactly the checks that passed when it was stored.
+        if let Some((c, a, answer)) = self.address_cache.get(text) {
+            if (c, a) == generations {
+                return self.write(event, answer.as_ref().clone());
+            }
+        }
         let Ok(ip) = text.parse::<IpAddr>() else {
             event.add_tag(TAG_INVALID_IP);
             return false;
@@ -591,7 +628,6 @@ impl Filter for GeoipFilter {
         if is_local(ip) {
             return true;
         }
-        let city = self.shared.city.current();
         let Some(city_db) = city.as_deref() else {
             // No database: pass through; health and the start-up warning say why.
             return true;
@@ -600,8 +636,7 @@ impl Filter for GeoipFilter {
         let geo = city_db
             .find(ip)
             .map(|at| city_object(&self.city_fields(city_db, at), f));
-        let asn = self.shared.asn.as_ref().map(|a| a.current());
-        let as_obj = asn.as_ref().and_then(|g| g.as_deref()).and_then(|db| {
+        let as_obj = asn_db.and_then(|db| {
             let at = db.find(ip)?;
             Some(asn_object(&self.asn_fields(db, at), f))
         });
@@ -615,16 +650,13 @@ impl Filter for GeoipFilter {
                 canonical.as_str()
             }
         };
-        match self.answer(ip_text, geo, as_obj) {
-            Some(out) => {
-                event.insert(&self.target, Value::Object(out));
-                true
-            }
-            None => {
-                event.add_tag(TAG_LOOKUP_FAILURE);
-                false
-            }
+        let answer = self.answer(ip_text, geo, as_obj).map(Value::Object);
+        if self.address_cache.capacity() > 0 {
+            let stored = Arc::new(answer.clone());
+            self.address_cache
+                .insert(text.into(), (generations.0, generations.1, stored));
         }
+        self.write(event, answer)
     }
 
     fn ready(&self) -> Option<BoxFuture<'static, ()>> {
