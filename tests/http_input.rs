@@ -260,6 +260,18 @@ fn check_reports_every_problem_and_exit_code() {
         "{text}"
     );
 
+    let bad_when = temp_file(
+        "when.toml",
+        "[[inputs]]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\n[[outputs]]\ntype = \"stdout\"\nwhen = \"[a] ==\"\n",
+    );
+    let (code, text) = sheepdog_check(&bad_when, &[]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(
+        text.matches("outputs[0].when: bad condition").count(),
+        1,
+        "reported once: {text}"
+    );
+
     let good = temp_file(
         "good.toml",
         "[[inputs]]\ntype = \"http\"\naddress = \"127.0.0.1:0\"\n[[outputs]]\ntype = \"stdout\"\n",

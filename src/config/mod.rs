@@ -517,14 +517,19 @@ fn parse_stages<T>(
         seen_ids.push(id.clone());
         let when = match table.remove("when") {
             Some(toml::Value::String(s)) => {
-                if let Err(e) = crate::condition::Condition::compile(&s) {
-                    problems.push(
-                        Problem::at_path(at("when"), format!("bad condition `{s}`: {e}")).hint(
-                            "conditions look like: [status] == \"success\" or \"error\" in [tags]",
-                        ),
-                    );
+                // Reported here, once: a condition that does not compile is not handed on, so
+                // stage validation does not report it a second time.
+                match crate::condition::Condition::compile(&s) {
+                    Ok(_) => Some(s),
+                    Err(e) => {
+                        problems.push(
+                            Problem::at_path(at("when"), format!("bad condition `{s}`: {e}")).hint(
+                                "conditions look like: [status] == \"success\" or \"error\" in [tags]",
+                            ),
+                        );
+                        None
+                    }
                 }
-                Some(s)
             }
             Some(_) => {
                 problems.push(Problem::at_path(
