@@ -2,6 +2,7 @@
 //! `serde_json::to_writer` writes, with string escaping that skips eight clean bytes at a time
 //! (serde_json looks up every byte in its escape table, the largest cost of bulk encoding).
 
+use crate::event::{FieldJson, Fields};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -98,6 +99,23 @@ pub fn write_value(value: &Value, out: &mut Vec<u8>) {
         }
         Value::Object(map) => write_object(map, out),
     }
+}
+
+/// Appends an event's fields as a compact JSON object (shared values as their rendered JSON).
+pub fn write_fields(fields: &Fields, out: &mut Vec<u8>) {
+    out.push(b'{');
+    for (i, (key, field)) in fields.iter_json().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_str(key, out);
+        out.push(b':');
+        match field {
+            FieldJson::Value(value) => write_value(value, out),
+            FieldJson::Json(json) => out.extend_from_slice(json),
+        }
+    }
+    out.push(b'}');
 }
 
 /// Appends `map` as a compact JSON object.

@@ -6,7 +6,7 @@
 use super::cache::ShardedCache;
 use super::{parse_path, Filter};
 use crate::config::{de, PathSeg, Problem};
-use crate::event::{Event, FieldPath};
+use crate::event::{Event, FieldPath, SharedValue};
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -134,8 +134,9 @@ pub struct UseragentFilter {
     target: FieldPath,
     patterns: Vec<Pattern>,
     parser: woothee::parser::Parser,
-    /// `None` in a value: the agent yields no fields.
-    cache: ShardedCache<Box<str>, Option<Arc<Value>>>,
+    /// `None` in a value: the agent yields no fields. Results are shared with the events
+    /// (a reference count, not a copy) and keep their JSON rendered for the outputs.
+    cache: ShardedCache<Box<str>, Option<Arc<SharedValue>>>,
 }
 
 impl Config {
@@ -286,11 +287,11 @@ impl UseragentFilter {
     }
 
     /// [`UseragentFilter::parse`] through the cache.
-    pub fn parse_cached(&self, agent: &str) -> Option<Arc<Value>> {
+    pub fn parse_cached(&self, agent: &str) -> Option<Arc<SharedValue>> {
         if let Some(hit) = self.cache.get(agent) {
             return hit;
         }
-        let parsed = self.parse(agent).map(Arc::new);
+        let parsed = self.parse(agent).map(SharedValue::new);
         if agent.len() <= MAX_CACHED_LEN {
             self.cache.insert(agent.into(), parsed.clone());
         }
@@ -304,7 +305,7 @@ impl Filter for UseragentFilter {
             return true;
         };
         if let Some(v) = self.parse_cached(agent) {
-            event.insert(&self.target, Value::clone(&v));
+            event.insert_shared(&self.target, &v);
         }
         true
     }
@@ -467,7 +468,7 @@ mod tests {
         ];
         for round in 0..3 {
             for (i, a) in agents.iter().cycle().take(40).enumerate() {
-                let got = cached.parse_cached(a).map(|v| Value::clone(&v));
+                let got = cached.parse_cached(a).map(|v| v.value().clone());
                 assert_eq!(got, plain.parse(a), "round {round} item {i}: {a}");
             }
         }

@@ -6,7 +6,7 @@
 
 use super::check_address;
 use crate::config::{de, Problem};
-use crate::event::{now_ms, Event};
+use crate::event::{now_ms, Event, Fields};
 use crate::metrics::Counter;
 use crate::queue::{QueueError, QueueSender};
 use crate::BuildContext;
@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::io::Read;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
@@ -283,8 +283,8 @@ fn failure_event(text: &[u8], received: i64, failures: &mut u64) -> Event {
 }
 
 fn parse_object(line: &[u8], received: i64, failures: &mut u64) -> Event {
-    match serde_json::from_slice::<Map<String, Value>>(line) {
-        Ok(map) => Event::from_map(map, received),
+    match Fields::from_json_slice(line) {
+        Ok(fields) => Event::from_fields(fields, received),
         Err(_) => failure_event(line, received, failures),
     }
 }
@@ -347,12 +347,12 @@ pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event>
                 // Trimming removed ASCII only, so the line still starts and ends on character
                 // boundaries of `text`.
                 let at = line.as_ptr() as usize - body.as_ptr() as usize;
-                serde_json::from_str::<Map<String, Value>>(&text[at..at + line.len()])
+                Fields::from_json_str(&text[at..at + line.len()])
             }
-            None => serde_json::from_slice::<Map<String, Value>>(line),
+            None => Fields::from_json_slice(line),
         };
         let event = match parsed {
-            Ok(map) => Event::from_map(map, received),
+            Ok(fields) => Event::from_fields(fields, received),
             Err(_) => failure_event(line, received, failures),
         };
         events.push(event);

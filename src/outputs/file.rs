@@ -67,7 +67,7 @@ impl Output for FileOutput {
         Box::pin(async move {
             let mut buf = Vec::with_capacity(events.len() * 256);
             for e in events {
-                let _ = serde_json::to_writer(&mut buf, e.fields());
+                crate::ser::write_fields(e.fields(), &mut buf);
                 buf.push(b'\n');
             }
             let _ = self.tx.send(buf).await;

@@ -57,12 +57,12 @@ impl Output for StdoutOutput {
                 if self.metadata && !e.metadata().is_empty() {
                     let mut doc = e.fields().clone();
                     doc.insert(
-                        "@metadata".into(),
-                        serde_json::Value::Object(e.metadata().clone()),
+                        crate::event::METADATA,
+                        serde_json::Value::from(e.metadata().clone()),
                     );
-                    let _ = serde_json::to_writer(&mut buf, &doc);
+                    crate::ser::write_fields(&doc, &mut buf);
                 } else {
-                    let _ = serde_json::to_writer(&mut buf, e.fields());
+                    crate::ser::write_fields(e.fields(), &mut buf);
                 }
                 buf.push(b'\n');
             }

@@ -14,7 +14,7 @@ pub use database::{open, Kind, Loaded, OpenError, Registry, WatchedDb};
 use super::cache::ShardedCache;
 use super::{parse_path, Filter};
 use crate::config::{de, did_you_mean, Problem};
-use crate::event::{Event, FieldPath};
+use crate::event::{Event, FieldPath, SharedValue};
 use crate::health::{HealthHandle, Status};
 use crate::{BuildContext, Verify};
 use futures_util::future::BoxFuture;
@@ -141,7 +141,9 @@ type AsnCache = ShardedCache<(u64, usize), record::AsnSpans>;
 /// Finished answers per address text (as written in the event, so a hit needs no parse and no
 /// tree walk), tagged with the database generations they came from; `None` is "not found".
 /// Clients repeat their address, so most events are hits.
-type AddressCache = ShardedCache<Box<str>, (u64, u64, Arc<Option<Value>>)>;
+/// An answer is shared with the events (a reference count, not a copy of the object) and keeps
+/// its JSON rendered for the outputs.
+type AddressCache = ShardedCache<Box<str>, (u64, u64, Option<Arc<SharedValue>>)>;
 
 /// Everything the loader and reload watcher need; the filter holds it, the watcher only a
 /// `Weak`.
@@ -584,10 +586,10 @@ fn source_text(v: &Value) -> Option<&str> {
 
 impl GeoipFilter {
     /// Writes `answer` to the target, or tags the event when the address was not found.
-    fn write(&self, event: &mut Event, answer: Option<Value>) -> bool {
+    fn write(&self, event: &mut Event, answer: Option<&Arc<SharedValue>>) -> bool {
         match answer {
             Some(v) => {
-                event.insert(&self.target, v);
+                event.insert_shared(&self.target, v);
                 true
             }
             None => {
@@ -618,7 +620,7 @@ impl Filter for GeoipFilter {
         // exactly the checks that passed when it was stored.
         if let Some((c, a, answer)) = self.address_cache.get(text) {
             if (c, a) == generations {
-                return self.write(event, answer.as_ref().clone());
+                return self.write(event, answer.as_ref());
             }
         }
         let Ok(ip) = text.parse::<IpAddr>() else {
@@ -650,13 +652,14 @@ impl Filter for GeoipFilter {
                 canonical.as_str()
             }
         };
-        let answer = self.answer(ip_text, geo, as_obj).map(Value::Object);
+        let answer = self
+            .answer(ip_text, geo, as_obj)
+            .map(|a| SharedValue::new(Value::Object(a)));
         if self.address_cache.capacity() > 0 {
-            let stored = Arc::new(answer.clone());
             self.address_cache
-                .insert(text.into(), (generations.0, generations.1, stored));
+                .insert(text.into(), (generations.0, generations.1, answer.clone()));
         }
-        self.write(event, answer)
+        self.write(event, answer.as_ref())
     }
 
     fn ready(&self) -> Option<BoxFuture<'static, ()>> {

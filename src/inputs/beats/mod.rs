@@ -13,7 +13,7 @@ pub mod codec;
 pub mod tls;
 
 use crate::config::{de, Problem};
-use crate::event::{now_ms, Event};
+use crate::event::{now_ms, Event, Fields};
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::queue::QueueSender;
 use crate::BuildContext;
@@ -650,8 +650,8 @@ fn to_event(
     failures: &mut u64,
 ) -> Event {
     let mut event = match raw.body {
-        Body::Json(bytes) => match serde_json::from_slice::<Map<String, Value>>(&bytes) {
-            Ok(map) => Event::from_map(map, received),
+        Body::Json(bytes) => match Fields::from_json_slice(&bytes) {
+            Ok(fields) => Event::from_fields(fields, received),
             Err(_) => {
                 *failures += 1;
                 let mut e =
@@ -676,9 +676,7 @@ fn to_event(
             Event::from_map(map, received)
         }
     };
-    event
-        .metadata_mut()
-        .insert("input".to_string(), peer_meta.clone());
+    event.metadata_mut().insert("input", peer_meta.clone());
     for t in tags {
         event.add_tag(t);
     }

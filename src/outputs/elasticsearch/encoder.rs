@@ -119,7 +119,7 @@ impl Encoder {
                 }
             }
             // A document of JSON values always serialises; this writer escapes faster.
-            crate::ser::write_object(event.fields(), &mut chunk.buf);
+            crate::ser::write_fields(event.fields(), &mut chunk.buf);
             chunk.buf.push(b'\n');
             chunk.ends.push(chunk.buf.len() as u32);
         }
@@ -167,11 +167,11 @@ mod tests {
         enc.encode(&[&a, &b], &mut chunk);
         let want_a = concat!(
             "{\"index\":{\"_index\":\"logs-2026.11.27\"}}\n",
-            "{\"@timestamp\":\"2026-11-27T10:15:02.123Z\",\"model\":\"gpt-4.1\",\"total_tokens\":12}\n",
+            "{\"model\":\"gpt-4.1\",\"total_tokens\":12,\"@timestamp\":\"2026-11-27T10:15:02.123Z\"}\n",
         );
         let want_b = concat!(
             "{\"index\":{\"_index\":\"logs-2026.11.28\"}}\n",
-            "{\"@timestamp\":\"2026-11-28T10:15:02.123Z\",\"msg\":\"quote \\\" and\\nnewline\"}\n",
+            "{\"msg\":\"quote \\\" and\\nnewline\",\"@timestamp\":\"2026-11-28T10:15:02.123Z\"}\n",
         );
         assert_eq!(
             String::from_utf8(chunk.buf.clone()).unwrap(),
@@ -184,7 +184,7 @@ mod tests {
         assert_eq!(parts.index, "logs-2026.11.28");
         assert_eq!(
             parts.document,
-            br#"{"@timestamp":"2026-11-28T10:15:02.123Z","msg":"quote \" and\nnewline"}"#
+            br#"{"msg":"quote \" and\nnewline","@timestamp":"2026-11-28T10:15:02.123Z"}"#
         );
     }
 

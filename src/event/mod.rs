@@ -1,9 +1,14 @@
 //! The event flowing through the pipeline: a JSON object, its `@metadata` (never indexed),
 //! Logstash-style field paths (`[a][b]`) and the event's timestamp kept as epoch milliseconds.
 
+mod fields;
+
+pub use fields::{FieldJson, Fields, Key, SharedValue};
+
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value};
 use std::fmt;
+use std::sync::Arc;
 
 /// The field name Logstash and Elasticsearch use for the event time.
 pub const TIMESTAMP: &str = "@timestamp";
@@ -15,8 +20,8 @@ pub const METADATA: &str = "@metadata";
 /// One event: the document that is indexed plus metadata that is not.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Event {
-    fields: Map<String, Value>,
-    metadata: Map<String, Value>,
+    fields: Fields,
+    metadata: Fields,
     /// `@timestamp` as milliseconds since the Unix epoch (UTC); kept in step with the field.
     timestamp_ms: i64,
 }
@@ -24,10 +29,16 @@ pub struct Event {
 impl Event {
     /// An event from a decoded JSON object, stamped `received_ms` when it carries no usable
     /// `@timestamp` of its own. A `@metadata` key in the input moves into the metadata.
-    pub fn from_map(mut fields: Map<String, Value>, received_ms: i64) -> Self {
+    pub fn from_map(fields: Map<String, Value>, received_ms: i64) -> Self {
+        Event::from_fields(Fields::from(fields), received_ms)
+    }
+
+    /// An event from decoded fields, stamped `received_ms` when it carries no usable
+    /// `@timestamp` of its own. A `@metadata` key in the input moves into the metadata.
+    pub fn from_fields(mut fields: Fields, received_ms: i64) -> Self {
         let metadata = match fields.remove(METADATA) {
-            Some(Value::Object(m)) => m,
-            _ => Map::new(),
+            Some(Value::Object(m)) => Fields::from(m),
+            _ => Fields::new(),
         };
         let mut event = Event {
             fields,
@@ -47,27 +58,27 @@ impl Event {
 
     /// An event whose only field is `message` (used for input that is not a JSON object).
     pub fn from_message(message: impl Into<String>, received_ms: i64) -> Self {
-        let mut fields = Map::new();
-        fields.insert("message".to_string(), Value::String(message.into()));
-        Event::from_map(fields, received_ms)
+        let mut fields = Fields::with_capacity(8);
+        fields.insert("message", Value::String(message.into()));
+        Event::from_fields(fields, received_ms)
     }
 
     /// The indexed document (without `@metadata`).
-    pub fn fields(&self) -> &Map<String, Value> {
+    pub fn fields(&self) -> &Fields {
         &self.fields
     }
 
     /// Mutable access to the document. Callers that change `@timestamp` must use
     /// [`Event::set_timestamp_ms`] instead so the cached time stays correct.
-    pub fn fields_mut(&mut self) -> &mut Map<String, Value> {
+    pub fn fields_mut(&mut self) -> &mut Fields {
         &mut self.fields
     }
 
-    pub fn metadata(&self) -> &Map<String, Value> {
+    pub fn metadata(&self) -> &Fields {
         &self.metadata
     }
 
-    pub fn metadata_mut(&mut self) -> &mut Map<String, Value> {
+    pub fn metadata_mut(&mut self) -> &mut Fields {
         &mut self.metadata
     }
 
@@ -87,14 +98,15 @@ impl Event {
         }
         let mut s = String::with_capacity(TIMESTAMP_LEN);
         write_timestamp_ms(ms, &mut s);
-        self.fields.insert(TIMESTAMP.to_string(), Value::String(s));
+        self.fields.insert(TIMESTAMP, Value::String(s));
     }
 
     /// The value at `path`, if present.
     pub fn get(&self, path: &FieldPath) -> Option<&Value> {
         let (root, rest) = self.root_for(path)?;
-        let mut current = root.get(rest.first()?)?;
-        for key in &rest[1..] {
+        let (first, rest) = rest.split_first()?;
+        let mut current = root.get(first)?;
+        for key in rest {
             current = current.as_object()?.get(key)?;
         }
         Some(current)
@@ -103,8 +115,9 @@ impl Event {
     /// Mutable access to the value at `path`, if present.
     pub fn get_mut(&mut self, path: &FieldPath) -> Option<&mut Value> {
         let (root, rest) = self.root_for_mut(path)?;
-        let mut current = root.get_mut(rest.first()?)?;
-        for key in &rest[1..] {
+        let (first, rest) = rest.split_first()?;
+        let mut current = root.get_mut(first)?;
+        for key in rest {
             current = current.as_object_mut()?.get_mut(key)?;
         }
         Some(current)
@@ -129,31 +142,48 @@ impl Event {
         let Some((last, parents)) = rest.split_last() else {
             // A bare `[@metadata]` path replaces the whole metadata object.
             if let Value::Object(m) = value {
-                self.metadata = m;
+                self.metadata = Fields::from(m);
             }
             return;
         };
-        let mut current = root;
+        let Some((first, parents)) = parents.split_first() else {
+            root.insert(last, value);
+            return;
+        };
+        // Look up before inserting: an owned key costs an allocation per call.
+        if !root.contains_key(first) {
+            root.insert(first, Value::Object(Map::new()));
+        }
+        let slot = root.get_mut(first).expect("key was just inserted");
+        let mut current = object_in(slot);
         for key in parents {
-            // Look up before inserting: an owned key costs an allocation per call.
             if !current.contains_key(key) {
                 current.insert(key.clone(), Value::Object(Map::new()));
             }
-            let slot = current.get_mut(key).expect("key was just inserted");
-            if !slot.is_object() {
-                *slot = Value::Object(Map::new());
-            }
-            current = slot.as_object_mut().expect("slot was just made an object");
+            current = object_in(current.get_mut(key).expect("key was just inserted"));
         }
         // Filters mostly add new fields: one insert beats a lookup first.
         current.insert(last.clone(), value);
+    }
+
+    /// Writes a shared value at `path` without copying it when the path is a top-level field
+    /// (a copy otherwise). `@timestamp` is never shared.
+    pub fn insert_shared(&mut self, path: &FieldPath, value: &Arc<SharedValue>) {
+        if path.keys.len() == 1 && !path.is_metadata() && !path.is_timestamp() {
+            self.fields.insert_shared(&path.keys[0], Arc::clone(value));
+        } else {
+            self.insert(path, value.value().clone());
+        }
     }
 
     /// Removes and returns the value at `path`.
     pub fn remove(&mut self, path: &FieldPath) -> Option<Value> {
         let (root, rest) = self.root_for_mut(path)?;
         let (last, parents) = rest.split_last()?;
-        let mut current = root;
+        let Some((first, parents)) = parents.split_first() else {
+            return root.remove(last);
+        };
+        let mut current = root.get_mut(first)?.as_object_mut()?;
         for key in parents {
             current = current.get_mut(key)?.as_object_mut()?;
         }
@@ -174,10 +204,8 @@ impl Event {
         // One lookup (map lookups cost more than the tag) and no key allocation when `tags`
         // exists.
         let Some(slot) = self.fields.get_mut(TAGS) else {
-            self.fields.insert(
-                TAGS.to_string(),
-                Value::Array(vec![Value::String(tag.to_string())]),
-            );
+            self.fields
+                .insert(TAGS, Value::Array(vec![Value::String(tag.to_string())]));
             return;
         };
         match slot {
@@ -199,10 +227,7 @@ impl Event {
         }
     }
 
-    fn root_for<'a, 'p>(
-        &'a self,
-        path: &'p FieldPath,
-    ) -> Option<(&'a Map<String, Value>, &'p [String])> {
+    fn root_for<'a, 'p>(&'a self, path: &'p FieldPath) -> Option<(&'a Fields, &'p [String])> {
         if path.is_metadata() {
             Some((&self.metadata, &path.keys[1..]))
         } else {
@@ -213,13 +238,21 @@ impl Event {
     fn root_for_mut<'a, 'p>(
         &'a mut self,
         path: &'p FieldPath,
-    ) -> Option<(&'a mut Map<String, Value>, &'p [String])> {
+    ) -> Option<(&'a mut Fields, &'p [String])> {
         if path.is_metadata() {
             Some((&mut self.metadata, &path.keys[1..]))
         } else {
             Some((&mut self.fields, &path.keys[..]))
         }
     }
+}
+
+/// The object in `slot`, replacing a value of another type by an empty object.
+fn object_in(slot: &mut Value) -> &mut Map<String, Value> {
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
+    }
+    slot.as_object_mut().expect("slot was just made an object")
 }
 
 /// A parsed field reference: `[a][b]` (Logstash style) or a bare top-level name `a`.
