@@ -90,10 +90,48 @@ pub enum FieldJson<'a> {
     Json(&'a [u8]),
 }
 
+/// A key's length and three of its bytes in one word: a scan compares words and looks at the
+/// bytes only when they agree (nearly always the key sought).
+#[inline]
+pub fn key_tag(key: &str) -> u32 {
+    let b = key.as_bytes();
+    match b.len() {
+        0 => 0,
+        n => {
+            (n as u32 & 0xff)
+                | u32::from(b[0]) << 8
+                | u32::from(b[n / 2]) << 16
+                | u32::from(b[n - 1]) << 24
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    tag: u32,
+    key: Key,
+    slot: Slot,
+}
+
+impl Entry {
+    fn new(key: Key, slot: Slot) -> Self {
+        Entry {
+            tag: key_tag(&key),
+            key,
+            slot,
+        }
+    }
+
+    #[inline]
+    fn is(&self, tag: u32, key: &str) -> bool {
+        self.tag == tag && self.key.as_str() == key
+    }
+}
+
 /// An ordered JSON object of top-level fields.
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
-    entries: Vec<(Key, Slot)>,
+    entries: Vec<Entry>,
 }
 
 static NULL: Value = Value::Null;
@@ -117,27 +155,40 @@ impl Fields {
         self.entries.is_empty()
     }
 
-    fn position(&self, key: &str) -> Option<usize> {
-        self.entries.iter().position(|(k, _)| k.as_str() == key)
+    #[inline]
+    fn position(&self, tag: u32, key: &str) -> Option<usize> {
+        self.entries.iter().position(|e| e.is(tag, key))
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
+        self.get_tagged(key_tag(key), key)
+    }
+
+    /// [`Fields::get`] with the key's [`key_tag`] computed beforehand.
+    #[inline]
+    pub fn get_tagged(&self, tag: u32, key: &str) -> Option<&Value> {
         self.entries
             .iter()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, slot)| slot.value())
+            .find(|e| e.is(tag, key))
+            .map(|e| e.slot.value())
     }
 
     /// Mutable access; a shared value becomes the event's own copy.
     pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.get_mut_tagged(key_tag(key), key)
+    }
+
+    /// [`Fields::get_mut`] with the key's [`key_tag`] computed beforehand.
+    #[inline]
+    pub fn get_mut_tagged(&mut self, tag: u32, key: &str) -> Option<&mut Value> {
         self.entries
             .iter_mut()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, slot)| slot.value_mut())
+            .find(|e| e.is(tag, key))
+            .map(|e| e.slot.value_mut())
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
-        self.position(key).is_some()
+        self.position(key_tag(key), key).is_some()
     }
 
     /// Sets `key` to `value`, keeping the field's place when it exists; returns the old value.
@@ -151,10 +202,15 @@ impl Fields {
     }
 
     fn put(&mut self, key: &str, slot: Slot) -> Option<Value> {
-        match self.position(key) {
-            Some(i) => Some(std::mem::replace(&mut self.entries[i].1, slot).into_value()),
+        let tag = key_tag(key);
+        match self.position(tag, key) {
+            Some(i) => Some(std::mem::replace(&mut self.entries[i].slot, slot).into_value()),
             None => {
-                self.entries.push((Key::from(key), slot));
+                self.entries.push(Entry {
+                    tag,
+                    key: Key::from(key),
+                    slot,
+                });
                 None
             }
         }
@@ -162,28 +218,28 @@ impl Fields {
 
     /// Removes `key`, keeping the order of the others.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        let i = self.position(key)?;
-        Some(self.entries.remove(i).1.into_value())
+        let i = self.position(key_tag(key), key)?;
+        Some(self.entries.remove(i).slot.into_value())
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
         self.entries
             .iter()
-            .map(|(k, slot)| (k.as_str(), slot.value()))
+            .map(|e| (e.key.as_str(), e.slot.value()))
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(k, _)| k.as_str())
+        self.entries.iter().map(|e| e.key.as_str())
     }
 
     /// The fields as the outputs write them (shared values as their rendered JSON).
     pub fn iter_json(&self) -> impl Iterator<Item = (&str, FieldJson<'_>)> {
-        self.entries.iter().map(|(k, slot)| {
-            let json = match slot {
+        self.entries.iter().map(|e| {
+            let json = match &e.slot {
                 Slot::Owned(v) => FieldJson::Value(v),
                 Slot::Shared(s) => FieldJson::Json(&s.json),
             };
-            (k.as_str(), json)
+            (e.key.as_str(), json)
         })
     }
 
@@ -217,7 +273,7 @@ impl From<Map<String, Value>> for Fields {
         Fields {
             entries: map
                 .into_iter()
-                .map(|(k, v)| (Key::from(k), Slot::Owned(v)))
+                .map(|(k, v)| Entry::new(Key::from(k), Slot::Owned(v)))
                 .collect(),
         }
     }
@@ -229,7 +285,7 @@ impl From<Fields> for Value {
             fields
                 .entries
                 .into_iter()
-                .map(|(k, slot)| (k.into_string(), slot.into_value()))
+                .map(|e| (e.key.into_string(), e.slot.into_value()))
                 .collect(),
         )
     }
@@ -307,21 +363,26 @@ impl Fields {
                 .entries
                 .iter()
                 .enumerate()
-                .map(|(i, (k, _))| (k.clone(), i))
+                .map(|(i, e)| (e.key.clone(), i))
                 .collect();
             *index = Some(built);
         }
+        let tag = key_tag(&key);
         let existing = match index {
             Some(index) => index.get(key.as_str()).copied(),
-            None => self.position(&key),
+            None => self.position(tag, &key),
         };
         match existing {
-            Some(i) => self.entries[i].1 = Slot::Owned(value),
+            Some(i) => self.entries[i].slot = Slot::Owned(value),
             None => {
                 if let Some(index) = index {
                     index.insert(key.clone(), self.entries.len());
                 }
-                self.entries.push((key, Slot::Owned(value)));
+                self.entries.push(Entry {
+                    tag,
+                    key,
+                    slot: Slot::Owned(value),
+                });
             }
         }
     }

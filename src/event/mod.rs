@@ -3,7 +3,7 @@
 
 mod fields;
 
-pub use fields::{FieldJson, Fields, Key, SharedValue};
+pub use fields::{key_tag, FieldJson, Fields, Key, SharedValue};
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value};
@@ -105,7 +105,7 @@ impl Event {
     pub fn get(&self, path: &FieldPath) -> Option<&Value> {
         let (root, rest) = self.root_for(path)?;
         let (first, rest) = rest.split_first()?;
-        let mut current = root.get(first)?;
+        let mut current = root.get_tagged(path.tag, first)?;
         for key in rest {
             current = current.as_object()?.get(key)?;
         }
@@ -116,7 +116,7 @@ impl Event {
     pub fn get_mut(&mut self, path: &FieldPath) -> Option<&mut Value> {
         let (root, rest) = self.root_for_mut(path)?;
         let (first, rest) = rest.split_first()?;
-        let mut current = root.get_mut(first)?;
+        let mut current = root.get_mut_tagged(path.tag, first)?;
         for key in rest {
             current = current.as_object_mut()?.get_mut(key)?;
         }
@@ -260,6 +260,10 @@ fn object_in(slot: &mut Value) -> &mut Map<String, Value> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FieldPath {
     keys: Vec<String>,
+    /// [`key_tag`] of the first key below the root (`@metadata` is a root of its own).
+    tag: u32,
+    /// True for paths under `@metadata`.
+    metadata: bool,
 }
 
 /// Why a field reference could not be parsed.
@@ -284,9 +288,7 @@ impl FieldPath {
             if trimmed.contains('[') || trimmed.contains(']') {
                 return Err(err("mixes a bare name with brackets; write `[a][b]`"));
             }
-            return Ok(FieldPath {
-                keys: vec![trimmed.to_string()],
-            });
+            return Ok(FieldPath::from_keys(vec![trimmed.to_string()]));
         }
         let mut keys = Vec::new();
         let mut rest = trimmed;
@@ -307,22 +309,31 @@ impl FieldPath {
             keys.push(key.to_string());
             rest = &after_open[close + 1..];
         }
-        Ok(FieldPath { keys })
+        Ok(FieldPath::from_keys(keys))
     }
 
     /// A path to a single top-level key.
     pub fn top(key: &str) -> Self {
-        FieldPath {
-            keys: vec![key.to_string()],
-        }
+        FieldPath::from_keys(vec![key.to_string()])
     }
 
     pub fn keys(&self) -> &[String] {
         &self.keys
     }
 
+    fn from_keys(keys: Vec<String>) -> Self {
+        let metadata = keys.first().map(String::as_str) == Some(METADATA);
+        let below_root = if metadata { keys.get(1) } else { keys.first() };
+        let tag = below_root.map_or(0, |k| key_tag(k));
+        FieldPath {
+            keys,
+            tag,
+            metadata,
+        }
+    }
+
     pub fn is_metadata(&self) -> bool {
-        self.keys.first().map(String::as_str) == Some(METADATA)
+        self.metadata
     }
 
     pub fn is_timestamp(&self) -> bool {
