@@ -19,7 +19,7 @@ use sheepdog::template::Template;
 use std::hint::black_box;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sheepdog::alloc::Allocator = sheepdog::alloc::Allocator;
 
 #[inline(never)]
 fn stage_decode(body: &[u8], tags: &[&str]) -> Vec<Event> {

@@ -3,6 +3,7 @@
 //! bulk and alert mail out.
 
 pub mod alerts;
+pub mod alloc;
 pub mod api;
 pub mod condition;
 pub mod config;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: sheepdog::alloc::Allocator = sheepdog::alloc::Allocator;
 
 /// Ingest pipeline daemon: Beats and HTTP JSON in, enrichment, Elasticsearch bulk out.
 #[derive(Parser)]

@@ -7,12 +7,11 @@
 //! (a GeoIP or user-agent answer from a cache) together with its compact JSON, so an event
 //! takes it with a reference count instead of a deep copy and outputs copy its bytes.
 
+use super::decode::{decode_fields, DecodeError};
 use compact_str::CompactString;
-use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Arc;
 
 /// A field name; up to 24 bytes are stored without an allocation.
@@ -251,13 +250,19 @@ impl Fields {
     }
 
     /// Decodes a JSON object; anything else is an error.
-    pub fn from_json_str(text: &str) -> serde_json::Result<Fields> {
-        serde_json::from_str(text)
+    pub fn from_json_str(text: &str) -> Result<Fields, DecodeError> {
+        decode_fields(text)
     }
 
-    /// Decodes a JSON object from bytes (checked as UTF-8 while decoding).
-    pub fn from_json_slice(bytes: &[u8]) -> serde_json::Result<Fields> {
-        serde_json::from_slice(bytes)
+    /// Decodes a JSON object from bytes, which must be UTF-8.
+    pub fn from_json_slice(bytes: &[u8]) -> Result<Fields, DecodeError> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => decode_fields(text),
+            Err(e) => Err(DecodeError {
+                reason: "invalid UTF-8",
+                offset: e.valid_up_to(),
+            }),
+        }
     }
 }
 
@@ -310,54 +315,15 @@ impl Serialize for Fields {
     }
 }
 
-/// A key decoded straight into inline storage (borrowed from the input when unescaped).
-struct DecodedKey(Key);
-
-impl<'de> Deserialize<'de> for DecodedKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl Visitor<'_> for KeyVisitor {
-            type Value = DecodedKey;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a field name")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<DecodedKey, E> {
-                Ok(DecodedKey(Key::from(s)))
-            }
-            fn visit_string<E: de::Error>(self, s: String) -> Result<DecodedKey, E> {
-                Ok(DecodedKey(Key::from(s)))
-            }
-        }
-        deserializer.deserialize_str(KeyVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for Fields {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = Fields;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<Fields, A::Error> {
-                let mut fields = Fields::with_capacity(access.size_hint().unwrap_or(16).min(64));
-                let mut index: Option<HashMap<Key, usize>> = None;
-                while let Some(DecodedKey(key)) = access.next_key()? {
-                    let value: Value = access.next_value()?;
-                    fields.push_decoded(key, value, &mut index);
-                }
-                Ok(fields)
-            }
-        }
-        deserializer.deserialize_map(FieldsVisitor)
-    }
-}
-
 impl Fields {
     /// Adds a decoded field; a repeated key replaces the earlier value (last one wins, as
     /// `serde_json` maps decode).
-    fn push_decoded(&mut self, key: Key, value: Value, index: &mut Option<HashMap<Key, usize>>) {
+    pub(super) fn push_decoded(
+        &mut self,
+        key: Key,
+        value: Value,
+        index: &mut Option<HashMap<Key, usize>>,
+    ) {
         if index.is_none() && self.entries.len() >= SCAN_LIMIT {
             let built = self
                 .entries
