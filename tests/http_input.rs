@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The shipped pipeline with a file output, extra settings for the HTTP input and an optional
 /// replacement of the queue capacity.
@@ -186,16 +186,13 @@ fn gzip_bodies_and_reply_codes() {
         .0,
         400
     );
-    // 429 with Retry-After when the queue cannot take the batch
+    // A body with more events than the whole queue goes in chunks as room appears.
     let many: String = (0..9).map(|i| format!("{{\"n\":{i}}}\n")).collect();
-    let resp = client()
-        .post(&dog.http_url)
-        .header("Authorization", "Bearer s3cret")
-        .body(many)
-        .send()
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 429);
-    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(
+        post_body(&dog.http_url, many, "application/x-ndjson", &auth).0,
+        200
+    );
+    assert_eq!(read_events(&out, 14).len(), 14);
     // 405 for GET
     assert_eq!(
         client()
@@ -205,6 +202,51 @@ fn gzip_bodies_and_reply_codes() {
             .status()
             .as_u16(),
         405
+    );
+    assert_eq!(
+        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn a_full_queue_holds_requests_for_queue_wait_then_answers_429() {
+    let out = out_path();
+    // A second output that never delivers (nothing listens at its address) and holds one
+    // event: the filter workers stall on it and the pipeline queue of 8 fills.
+    let stuck = format!(
+        "\n[[outputs]]\ntype = \"elasticsearch\"\nhosts = \"http://127.0.0.1:{}\"\nindex = \"stuck-%{{+YYYY.MM.dd}}\"\nqueue_max_events = 1\n",
+        free_port()
+    );
+    let config = shipped_pipeline_to_file(
+        &out,
+        &[
+            ("tags = [\"direct-upload\"]", "queue_wait = \"400ms\""),
+            ("queue_capacity = 8192", "queue_capacity = 8"),
+        ],
+        &stuck,
+    );
+    let dog = Sheepdog::start(config, &[]);
+    let body: String = (0..4).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    let mut refused = None;
+    for _ in 0..10 {
+        let started = Instant::now();
+        let resp = client()
+            .post(&dog.http_url)
+            .body(body.clone())
+            .send()
+            .unwrap();
+        if resp.status().as_u16() == 429 {
+            assert_eq!(resp.headers()["retry-after"], "1");
+            refused = Some(started.elapsed());
+            break;
+        }
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    let waited = refused.expect("a request was refused once the queue was full");
+    assert!(
+        waited >= Duration::from_millis(400),
+        "answered after {waited:?}"
     );
     assert_eq!(
         dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),

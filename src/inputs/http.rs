@@ -1,8 +1,8 @@
 //! `http` input: accepts POST (or PUT) on any path with one JSON object, a JSON array of
 //! objects, or NDJSON; gzip bodies are inflated. A line or body that is not a JSON object
 //! becomes an event with `message` = the text and tag `_jsonparsefailure`. Replies 200 once the
-//! events are queued, 413 over the body limit, 429 (with `Retry-After`) when the queue is
-//! full, 401 when authentication is configured and fails, 503 while shutting down.
+//! events are queued, 413 over the body limit, 429 (with `Retry-After`) when the queue stays
+//! full for `queue_wait`, 401 when authentication is configured and fails, 503 while shutting down.
 
 use super::check_address;
 use crate::config::{de, Problem};
@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::io::Read;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -39,10 +40,19 @@ pub struct Config {
     /// Bearer token expected in `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<String>,
+    /// How long a request waits for room in a full pipeline queue before it is answered 429
+    /// (the client's connection is the backpressure meanwhile, as Logstash's input threads
+    /// block); `0s` answers 429 at once. Default `5s`.
+    #[serde(default = "d_queue_wait", deserialize_with = "de::duration")]
+    pub queue_wait: Duration,
 }
 
 fn d_limit() -> u64 {
     10 * 1024 * 1024
+}
+
+fn d_queue_wait() -> Duration {
+    Duration::from_secs(5)
 }
 
 impl Config {
@@ -92,6 +102,7 @@ impl Config {
             limit: self.max_body_size as usize,
             expected_auth,
             queue,
+            queue_wait: self.queue_wait,
             events_in: ctx.metrics.counter(
                 "sheepdog_input_events_total",
                 "Events accepted into the queue",
@@ -140,6 +151,7 @@ struct HttpState {
     events_in: Counter,
     parse_failures: Counter,
     rejected_full: Counter,
+    queue_wait: Duration,
     bytes_in: Counter,
 }
 
@@ -236,7 +248,7 @@ async fn handle(
         }
     }
     let n = events.len() as u64;
-    match state.queue.try_send(&state.source, events) {
+    match enqueue(&state.queue, &state.source, events, state.queue_wait).await {
         Ok(()) => {
             state.events_in.add(n);
             reply(StatusCode::OK, "ok\n")
@@ -251,6 +263,33 @@ async fn handle(
                 .into_response()
         }
         Err(QueueError::Closed(_)) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+    }
+}
+
+/// Queues a body's events, all or none when they fit in the queue: at once when there is room,
+/// else after waiting up to `wait` for it (`Full` when the wait runs out). A body larger than
+/// the whole queue goes in queue-sized chunks as room appears, however long that takes.
+async fn enqueue(
+    queue: &QueueSender,
+    source: &Arc<str>,
+    events: Vec<Event>,
+    wait: Duration,
+) -> Result<(), QueueError> {
+    let events = match queue.try_send(source, events) {
+        Err(QueueError::Full(events)) => events,
+        other => return other,
+    };
+    if events.len() > queue.capacity() {
+        return queue.send(source, events).await;
+    }
+    if wait.is_zero() {
+        return Err(QueueError::Full(events));
+    }
+    // `send` takes the permits for a body that fits in one step, so running out of time never
+    // leaves part of the body queued.
+    match tokio::time::timeout(wait, queue.send(source, events)).await {
+        Ok(result) => result,
+        Err(_) => Err(QueueError::Full(Vec::new())),
     }
 }
 
@@ -363,7 +402,62 @@ pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Gauge;
     use serde_json::json;
+
+    fn messages(n: usize) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event::from_message(i.to_string(), 0))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_holds_the_request_until_room_appears_or_the_wait_runs_out() {
+        let (tx, rx) = crate::queue::bounded(4, 4, Gauge::default());
+        let src: Arc<str> = Arc::from("http");
+        let wait = Duration::from_secs(5);
+        enqueue(&tx, &src, messages(3), wait).await.unwrap();
+        // No room and no wait: refused at once, nothing queued.
+        let refused = enqueue(&tx, &src, messages(2), Duration::ZERO).await;
+        assert!(matches!(refused, Err(QueueError::Full(e)) if e.len() == 2));
+        // No room within the wait: refused after it, nothing queued.
+        let started = std::time::Instant::now();
+        let timed_out = enqueue(&tx, &src, messages(2), Duration::from_millis(100)).await;
+        assert!(matches!(timed_out, Err(QueueError::Full(_))));
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        assert_eq!(tx.depth(), 3);
+        // Room appears while the request waits: queued whole.
+        let drain = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let first = rx.recv().await.unwrap();
+            assert_eq!(first.events.len(), 3);
+            drop(first);
+            rx
+        });
+        enqueue(&tx, &src, messages(2), wait).await.unwrap();
+        let rx = drain.await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().events.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_larger_than_the_queue_goes_in_chunks() {
+        let (tx, rx) = crate::queue::bounded(4, 4, Gauge::default());
+        let src: Arc<str> = Arc::from("http");
+        let consumer = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while seen.len() < 10 {
+                let batch = rx.recv().await.unwrap();
+                seen.extend(batch.events.iter().map(|e| e.fields()["message"].clone()));
+            }
+            seen
+        });
+        enqueue(&tx, &src, messages(10), Duration::ZERO)
+            .await
+            .unwrap();
+        let seen = consumer.await.unwrap();
+        let want: Vec<Value> = (0..10).map(|i| json!(i.to_string())).collect();
+        assert_eq!(seen, want);
+    }
 
     fn decode(body: &str) -> (Vec<Event>, u64) {
         let mut failures = 0;
