@@ -17,9 +17,10 @@ use std::sync::Arc;
 /// A field name; up to 24 bytes are stored without an allocation.
 pub type Key = CompactString;
 
-/// Above this many fields, decoding finds duplicate keys through a hash index instead of a
-/// scan, so a hostile document with many keys costs linear time.
-const SCAN_LIMIT: usize = 32;
+/// Above this many fields (when the bloom bits no longer rule out most keys), decoding finds
+/// duplicate keys through a hash index instead of a scan, so a hostile document with many keys
+/// costs linear time.
+const SCAN_LIMIT: usize = 64;
 
 /// A value shared by many events, with its compact JSON rendered once.
 #[derive(Debug, PartialEq)]
@@ -131,6 +132,15 @@ impl Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Fields {
     entries: Vec<Entry>,
+    /// One bit per key tag ever inserted ([`bloom_bit`]): a lookup of a key whose bit is clear
+    /// (most lookups of absent fields, and every new key while decoding) skips the scan.
+    /// Removals leave their bit set, which costs only a scan.
+    bloom: u64,
+}
+
+#[inline]
+fn bloom_bit(tag: u32) -> u64 {
+    1 << (tag.wrapping_mul(0x9E37_79B1) >> 26)
 }
 
 static NULL: Value = Value::Null;
@@ -143,6 +153,7 @@ impl Fields {
     pub fn with_capacity(capacity: usize) -> Self {
         Fields {
             entries: Vec::with_capacity(capacity),
+            bloom: 0,
         }
     }
 
@@ -155,8 +166,21 @@ impl Fields {
     }
 
     #[inline]
+    fn may_contain(&self, tag: u32) -> bool {
+        self.bloom & bloom_bit(tag) != 0
+    }
+
+    #[inline]
     fn position(&self, tag: u32, key: &str) -> Option<usize> {
+        if !self.may_contain(tag) {
+            return None;
+        }
         self.entries.iter().position(|e| e.is(tag, key))
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        self.bloom |= bloom_bit(entry.tag);
+        self.entries.push(entry);
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -166,6 +190,9 @@ impl Fields {
     /// [`Fields::get`] with the key's [`key_tag`] computed beforehand.
     #[inline]
     pub fn get_tagged(&self, tag: u32, key: &str) -> Option<&Value> {
+        if !self.may_contain(tag) {
+            return None;
+        }
         self.entries
             .iter()
             .find(|e| e.is(tag, key))
@@ -180,6 +207,9 @@ impl Fields {
     /// [`Fields::get_mut`] with the key's [`key_tag`] computed beforehand.
     #[inline]
     pub fn get_mut_tagged(&mut self, tag: u32, key: &str) -> Option<&mut Value> {
+        if !self.may_contain(tag) {
+            return None;
+        }
         self.entries
             .iter_mut()
             .find(|e| e.is(tag, key))
@@ -205,7 +235,7 @@ impl Fields {
         match self.position(tag, key) {
             Some(i) => Some(std::mem::replace(&mut self.entries[i].slot, slot).into_value()),
             None => {
-                self.entries.push(Entry {
+                self.push_entry(Entry {
                     tag,
                     key: Key::from(key),
                     slot,
@@ -275,12 +305,11 @@ impl PartialEq for Fields {
 
 impl From<Map<String, Value>> for Fields {
     fn from(map: Map<String, Value>) -> Self {
-        Fields {
-            entries: map
-                .into_iter()
-                .map(|(k, v)| Entry::new(Key::from(k), Slot::Owned(v)))
-                .collect(),
+        let mut fields = Fields::with_capacity(map.len());
+        for (k, v) in map {
+            fields.push_entry(Entry::new(Key::from(k), Slot::Owned(v)));
         }
+        fields
     }
 }
 
@@ -344,7 +373,7 @@ impl Fields {
                 if let Some(index) = index {
                     index.insert(key.clone(), self.entries.len());
                 }
-                self.entries.push(Entry {
+                self.push_entry(Entry {
                     tag,
                     key,
                     slot: Slot::Owned(value),
@@ -425,6 +454,27 @@ mod tests {
             Some(("geoip", FieldJson::Value(_)))
         ));
         assert_eq!(a.remove("geoip"), Some(shared.value().clone()));
+    }
+
+    #[test]
+    fn lookups_agree_with_a_map_however_full_the_bloom_bits() {
+        let mut f = Fields::new();
+        let mut m = Map::new();
+        for i in 0..300 {
+            let key = format!("field_{}", i * 7 % 300);
+            f.insert(&key, json!(i));
+            m.insert(key, json!(i));
+            if i % 3 == 0 {
+                let gone = format!("field_{}", i / 2);
+                assert_eq!(f.remove(&gone), m.remove(&gone), "{gone}");
+            }
+            for probe in [0, i, i * 7 % 300, 299, 1000] {
+                let key = format!("field_{probe}");
+                assert_eq!(f.get(&key), m.get(&key), "{key} after {i}");
+                assert_eq!(f.contains_key(&key), m.contains_key(&key));
+            }
+        }
+        assert_eq!(Value::from(f), Value::Object(m));
     }
 
     #[test]
