@@ -95,6 +95,10 @@ pub struct BeatsCodec {
     max_frame: usize,
     /// Frames already decoded from an inflated buffer, handed out one per `decode` call.
     pending: VecDeque<Frame>,
+    /// Inflated windows land here and events are copied out, so the buffer (about 2.4 MB for
+    /// a Filebeat window) is allocated once per connection instead of once per window: a new
+    /// buffer of that size comes fresh from the kernel, zero-filled page by page, every time.
+    scratch: Vec<u8>,
 }
 
 impl BeatsCodec {
@@ -102,6 +106,7 @@ impl BeatsCodec {
         BeatsCodec {
             max_frame: max_frame.max(16),
             pending: VecDeque::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -216,9 +221,20 @@ fn data_event(frame: &Bytes) -> RawEvent {
 
 /// Inflates one zlib stream, refusing to produce more than `limit` bytes (zlib bombs).
 pub fn inflate(input: &[u8], limit: usize) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = Vec::new();
+    inflate_into(input, limit, &mut out)?;
+    Ok(out)
+}
+
+/// [`inflate`] into `out` (cleared first), reusing its capacity.
+fn inflate_into(input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), ProtocolError> {
     let mut z = Decompress::new(true);
+    out.clear();
     // Filebeat's level-3 windows inflate about 6-10x; start there and grow by doubling.
-    let mut out = Vec::with_capacity(input.len().saturating_mul(8).clamp(1024, limit + 1));
+    let first = input.len().saturating_mul(8).clamp(1024, limit + 1);
+    if out.capacity() < first {
+        out.reserve_exact(first);
+    }
     loop {
         if out.len() == out.capacity() {
             let grow = out.capacity().min(limit + 1 - out.len()).max(1);
@@ -226,11 +242,7 @@ pub fn inflate(input: &[u8], limit: usize) -> Result<Vec<u8>, ProtocolError> {
         }
         let (before_in, before_out) = (z.total_in(), z.total_out());
         let status = z
-            .decompress_vec(
-                &input[before_in as usize..],
-                &mut out,
-                FlushDecompress::None,
-            )
+            .decompress_vec(&input[before_in as usize..], out, FlushDecompress::None)
             .map_err(|e| ProtocolError::Zlib(e.to_string()))?;
         if out.len() > limit {
             return Err(ProtocolError::TooLarge {
@@ -240,7 +252,7 @@ pub fn inflate(input: &[u8], limit: usize) -> Result<Vec<u8>, ProtocolError> {
             });
         }
         if status == Status::StreamEnd {
-            return Ok(out);
+            return Ok(());
         }
         let stalled = z.total_in() == before_in && z.total_out() == before_out;
         if stalled && out.len() < out.capacity() {
@@ -252,22 +264,33 @@ pub fn inflate(input: &[u8], limit: usize) -> Result<Vec<u8>, ProtocolError> {
 }
 
 impl BeatsCodec {
-    /// Decodes every frame of an inflated buffer into `pending`, grouping runs of events.
-    fn unpack(&mut self, buf: Bytes, depth: usize) -> Result<(), ProtocolError> {
+    /// Inflates a compressed frame's stream into the scratch buffer and decodes its frames.
+    fn unpack_compressed(&mut self, stream: &[u8]) -> Result<(), ProtocolError> {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let unpacked = inflate_into(stream, self.max_frame, &mut scratch)
+            .and_then(|()| self.unpack(&scratch, 1));
+        self.scratch = scratch;
+        unpacked
+    }
+
+    /// Decodes every frame of an inflated buffer into `pending`, grouping runs of events; each
+    /// event gets its own copy of its bytes.
+    fn unpack(&mut self, buf: &[u8], depth: usize) -> Result<(), ProtocolError> {
         if depth > MAX_NESTING {
             return Err(ProtocolError::Nesting);
         }
         let mut rest = buf;
         let mut run: Vec<RawEvent> = Vec::new();
         while !rest.is_empty() {
-            let Some(len) = frame_len(self, &rest)? else {
+            let Some(len) = frame_len(self, rest)? else {
                 return Err(ProtocolError::Truncated(
                     "incomplete frame inside a compressed frame",
                 ));
             };
-            let frame = rest.split_to(len);
+            let (frame, after) = rest.split_at(len);
+            rest = after;
             match frame[1] {
-                JSON | DATA => run.push(data_event(&frame)),
+                JSON | DATA => run.push(data_event(&Bytes::copy_from_slice(frame))),
                 WINDOW => {
                     if !run.is_empty() {
                         self.pending
@@ -281,7 +304,7 @@ impl BeatsCodec {
                             .push_back(Frame::Events(std::mem::take(&mut run)));
                     }
                     let inner = inflate(&frame[6..], self.max_frame)?;
-                    self.unpack(Bytes::from(inner), depth + 1)?;
+                    self.unpack(&inner, depth + 1)?;
                 }
                 _ => unreachable!("frame_len accepts only known frame types"),
             }
@@ -324,8 +347,7 @@ impl Decoder for BeatsCodec {
                 }
                 COMPRESSED => {
                     let frame = src.split_to(len);
-                    let inner = inflate(&frame[6..], self.max_frame)?;
-                    self.unpack(Bytes::from(inner), 1)?;
+                    self.unpack_compressed(&frame[6..])?;
                     // An empty compressed frame yields nothing: look at the next frame.
                 }
                 _ => {

@@ -13,7 +13,7 @@ pub mod codec;
 pub mod tls;
 
 use crate::config::{de, Problem};
-use crate::event::{now_ms, Event, Fields};
+use crate::event::{now_ms, Event, Fields, SharedValue};
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::queue::QueueSender;
 use crate::BuildContext;
@@ -476,7 +476,9 @@ where
 {
     let mut frames = FramedRead::with_capacity(read, BeatsCodec::new(shared.max_frame), 64 * 1024);
     // Built once per connection, cloned into each event's metadata.
-    let peer_meta = serde_json::json!({"beats": {"host": {"ip": peer.ip().to_string()}}});
+    // One object per connection, shared by its events (no copy per event).
+    let peer_meta =
+        SharedValue::new(serde_json::json!({"beats": {"host": {"ip": peer.ip().to_string()}}}));
     let mut window: Option<Window> = None;
     loop {
         let next = tokio::select! {
@@ -645,7 +647,7 @@ async fn write_ack<W: AsyncWrite + Unpin>(
 fn to_event(
     raw: RawEvent,
     received: i64,
-    peer_meta: &Value,
+    peer_meta: &Arc<SharedValue>,
     tags: &[String],
     failures: &mut u64,
 ) -> Event {
@@ -676,7 +678,9 @@ fn to_event(
             Event::from_map(map, received)
         }
     };
-    event.metadata_mut().insert("input", peer_meta.clone());
+    event
+        .metadata_mut()
+        .insert_shared("input", Arc::clone(peer_meta));
     for t in tags {
         event.add_tag(t);
     }
