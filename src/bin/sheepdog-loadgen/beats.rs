@@ -127,14 +127,24 @@ impl Window {
     }
 }
 
-/// Wraps an application log line the way Filebeat ships it: the line is the `message` string.
+/// Wraps an application log line the way Filebeat ships it with the shipped `filebeat.yml`
+/// (`json.keys_under_root`, `json.add_error_key`, `json.message_key: message`): the line's
+/// fields at the top level beside Filebeat's own, plus the empty `message` and the
+/// `error.message` Filebeat adds because the line has no `message` key.
 pub fn filebeat_event(line: &[u8], host: usize, offset: u64, timestamp: &str) -> Vec<u8> {
-    let message =
-        serde_json::to_string(std::str::from_utf8(line).unwrap_or_default()).unwrap_or_default();
-    format!(
-        r#"{{"@timestamp":"{timestamp}","@metadata":{{"beat":"filebeat","type":"_doc","version":"8.15.3"}},"agent":{{"type":"filebeat","version":"8.15.3","name":"app-{host}","id":"6f1c2a7e-0b3d-4c1e-9a55-3d2f1e0{host:05}","ephemeral_id":"b9d7e5a1-2c4f-4e8a-8f0b-71c6d2e{host:05}"}},"ecs":{{"version":"8.0.0"}},"host":{{"name":"app-{host}"}},"input":{{"type":"filestream"}},"log":{{"offset":{offset},"file":{{"path":"/var/log/llm-gateway/requests.log"}}}},"message":{message}}}"#
+    let inner = line
+        .strip_prefix(b"{")
+        .and_then(|l| l.strip_suffix(b"}"))
+        .unwrap_or(b"");
+    let mut out = format!(
+        r#"{{"@timestamp":"{timestamp}","@metadata":{{"beat":"filebeat","type":"_doc","version":"8.1.3"}},"agent":{{"type":"filebeat","version":"8.1.3","name":"app-{host}","id":"6f1c2a7e-0b3d-4c1e-9a55-3d2f1e0{host:05}","ephemeral_id":"b9d7e5a1-2c4f-4e8a-8f0b-71c6d2e{host:05}"}},"ecs":{{"version":"8.0.0"}},"host":{{"name":"app-{host}"}},"input":{{"type":"log"}},"log":{{"offset":{offset},"file":{{"path":"/var/log/llm-gateway/requests.log"}}}},"#
     )
-    .into_bytes()
+    .into_bytes();
+    out.extend_from_slice(inner);
+    out.extend_from_slice(
+        br#","message":"","error":{"message":"Key 'message' not found","type":"json"}}"#,
+    );
+    out
 }
 
 pub struct BeatsOptions {
@@ -145,7 +155,7 @@ pub struct BeatsOptions {
     pub pool: usize,
     /// Windows in flight per connection before waiting for an ack.
     pub pipeline: usize,
-    /// Send the application event itself instead of a Filebeat envelope with `message`.
+    /// Send the application event itself instead of inside Filebeat's envelope.
     pub raw: bool,
     pub rate: Option<f64>,
 }
@@ -445,7 +455,9 @@ mod tests {
                         v.clone()
                     } else {
                         assert_eq!(v["agent"]["type"], "filebeat");
-                        serde_json::from_str(v["message"].as_str().unwrap()).unwrap()
+                        assert_eq!(v["message"], "");
+                        assert_eq!(v["error"]["message"], "Key 'message' not found");
+                        v.clone()
                     };
                     assert_eq!(app["sent_at_us"].as_u64(), Some(us));
                 }

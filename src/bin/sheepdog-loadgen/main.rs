@@ -81,8 +81,8 @@ enum Cmd {
         /// Windows sent before waiting for an ack (Filebeat's pipelining).
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
         pipeline: u16,
-        /// Send the application event as the Beats event instead of a Filebeat envelope whose
-        /// `message` holds the JSON line.
+        /// Send the application event as the Beats event, without the fields Filebeat adds
+        /// (agent, host, log, the empty `message` of `json.keys_under_root`).
         #[arg(long)]
         raw: bool,
         #[command(flatten)]
