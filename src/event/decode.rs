@@ -94,7 +94,9 @@ impl<'a> Parser<'a> {
 
     /// The members of an object whose `{` was consumed, as fields.
     fn fields(&mut self) -> Result<Fields> {
-        let mut fields = Fields::with_capacity(16);
+        // Room for the document's fields and those the filters add, so the vector is not
+        // reallocated halfway through the pipeline.
+        let mut fields = Fields::with_capacity(32);
         let mut index = None;
         self.skip_ws();
         if self.peek() == Some(b'}') {
