@@ -11,6 +11,7 @@ pub mod event;
 pub mod filters;
 pub mod health;
 pub mod inputs;
+pub mod json_bytes;
 pub mod metrics;
 pub mod outputs;
 pub mod pipeline;

@@ -6,30 +6,10 @@ use crate::event::{FieldJson, Fields};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// True when one of the eight bytes of `w` is a control character, `"` or `\`.
-#[inline]
-fn needs_escape(w: u64) -> bool {
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    (control | has_zero(w ^ (ONES * b'"' as u64)) | has_zero(w ^ (ONES * b'\\' as u64))) != 0
-}
-
 /// True when `bytes` holds a byte that JSON must escape.
 #[inline]
 fn has_escapes(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    for word in &mut words {
-        if needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes"))) {
-            return true;
-        }
-    }
-    words
-        .remainder()
-        .iter()
-        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    crate::json_bytes::plain_run(bytes) < bytes.len()
 }
 
 /// Appends `s` as a JSON string literal, escaped as serde_json escapes it.
@@ -103,31 +83,29 @@ pub fn write_value(value: &Value, out: &mut Vec<u8>) {
 
 /// Appends an event's fields as a compact JSON object (shared values as their rendered JSON).
 pub fn write_fields(fields: &Fields, out: &mut Vec<u8>) {
-    out.push(b'{');
-    for (i, (key, field)) in fields.iter_json().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_str(key, out);
-        out.push(b':');
-        match field {
-            FieldJson::Value(value) => write_value(value, out),
-            FieldJson::Json(json) => out.extend_from_slice(json),
-        }
-    }
-    out.push(b'}');
+    write_members(fields.iter_json(), out);
 }
 
 /// Appends `map` as a compact JSON object.
 pub fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    write_members(
+        map.iter().map(|(k, v)| (k.as_str(), FieldJson::Value(v))),
+        out,
+    );
+}
+
+fn write_members<'a>(members: impl Iterator<Item = (&'a str, FieldJson<'a>)>, out: &mut Vec<u8>) {
     out.push(b'{');
-    for (i, (key, value)) in map.iter().enumerate() {
+    for (i, (key, member)) in members.enumerate() {
         if i > 0 {
             out.push(b',');
         }
         write_str(key, out);
         out.push(b':');
-        write_value(value, out);
+        match member {
+            FieldJson::Value(value) => write_value(value, out),
+            FieldJson::Json(json) => out.extend_from_slice(json),
+        }
     }
     out.push(b'}');
 }

@@ -6,6 +6,7 @@
 //! `f64`, a repeated key's last value. Strings without escapes are copied in one piece.
 
 use super::fields::{Fields, Key};
+use crate::json_bytes::plain_run;
 use serde_json::{Map, Number, Value};
 use std::fmt;
 
@@ -98,19 +99,31 @@ impl<'a> Parser<'a> {
         // reallocated halfway through the pipeline.
         let mut fields = Fields::with_capacity(32);
         let mut index = None;
+        self.members(|p, key| {
+            let key = Key::from(key.as_str());
+            let value = p.value()?;
+            fields.push_decoded(key, value, &mut index);
+            Ok(())
+        })?;
+        Ok(fields)
+    }
+
+    /// Walks the members of an object whose `{` was consumed, up to its `}`, handing each name
+    /// to `member`, which decodes the value.
+    #[inline]
+    fn members(&mut self, mut member: impl FnMut(&mut Self, Text<'a>) -> Result<()>) -> Result<()> {
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
-            return Ok(fields);
+            return Ok(());
         }
         loop {
             self.expect(b'"', "expected a field name")?;
-            let key = Key::from(self.string()?.as_str());
+            let key = self.string()?;
             self.expect(b':', "expected `:` after a field name")?;
-            let value = self.value()?;
-            fields.push_decoded(key, value, &mut index);
+            member(self, key)?;
             if self.end_of_members(b'}')? {
-                return Ok(fields);
+                return Ok(());
             }
         }
     }
@@ -183,21 +196,13 @@ impl<'a> Parser<'a> {
 
     fn object(&mut self) -> Result<Map<String, Value>> {
         let mut map = Map::new();
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            return Ok(map);
-        }
-        loop {
-            self.expect(b'"', "expected a field name")?;
-            let key = self.string()?.into_string();
-            self.expect(b':', "expected `:` after a field name")?;
-            let value = self.value()?;
+        self.members(|p, key| {
+            let key = key.into_string();
+            let value = p.value()?;
             map.insert(key, value);
-            if self.end_of_members(b'}')? {
-                return Ok(map);
-            }
-        }
+            Ok(())
+        })?;
+        Ok(map)
     }
 
     fn array(&mut self) -> Result<Vec<Value>> {
@@ -419,42 +424,6 @@ impl Text<'_> {
             Text::Borrowed(s) => s.to_owned(),
             Text::Owned(s) => s,
         }
-    }
-}
-
-const ONES: u64 = 0x0101_0101_0101_0101;
-const HIGHS: u64 = 0x8080_8080_8080_8080;
-
-/// The bytes of `w` that are a control character, `"` or `\`, each marked by its high bit.
-/// Bits above the lowest mark can be false alarms (a borrow carries into the next byte), so
-/// only the lowest one is used.
-#[inline]
-fn specials(w: u64) -> u64 {
-    let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
-    let control = w.wrapping_sub(ONES * 0x20) & !w & HIGHS;
-    control | zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')))
-}
-
-/// The length of the run of bytes before the first `"`, `\` or control character.
-#[inline]
-fn plain_run(bytes: &[u8]) -> usize {
-    let mut i = 0;
-    while i + 8 <= bytes.len() {
-        let word = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("eight bytes"));
-        let marks = specials(word);
-        if marks != 0 {
-            return i + (marks.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    // The last few bytes, padded with a plain byte.
-    let mut tail = [b'a'; 8];
-    tail[..bytes.len() - i].copy_from_slice(&bytes[i..]);
-    let marks = specials(u64::from_le_bytes(tail));
-    if marks != 0 {
-        i + (marks.trailing_zeros() / 8) as usize
-    } else {
-        bytes.len()
     }
 }
 
