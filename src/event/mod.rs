@@ -19,6 +19,27 @@ pub const TAGS: &str = "tags";
 /// The root key that addresses metadata in field paths.
 pub const METADATA: &str = "@metadata";
 
+/// When events were received, as epoch milliseconds and as the `@timestamp` text events
+/// without a time of their own get.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    ms: i64,
+    text: String,
+}
+
+impl Receipt {
+    pub fn new(ms: i64) -> Self {
+        Receipt {
+            ms,
+            text: format_timestamp_ms(ms),
+        }
+    }
+
+    pub fn ms(&self) -> i64 {
+        self.ms
+    }
+}
+
 /// One event: the document that is indexed plus metadata that is not.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Event {
@@ -37,7 +58,13 @@ impl Event {
 
     /// An event from decoded fields, stamped `received_ms` when it carries no usable
     /// `@timestamp` of its own. A `@metadata` key in the input moves into the metadata.
-    pub fn from_fields(mut fields: Fields, received_ms: i64) -> Self {
+    pub fn from_fields(fields: Fields, received_ms: i64) -> Self {
+        Event::from_fields_at(fields, &Receipt::new(received_ms))
+    }
+
+    /// [`Event::from_fields`] with the receipt time formatted beforehand, once for all the
+    /// events of a request or window.
+    pub fn from_fields_at(mut fields: Fields, receipt: &Receipt) -> Self {
         let metadata = match fields.remove(METADATA) {
             Some(Value::Object(m)) => Fields::from(m),
             _ => Fields::new(),
@@ -45,7 +72,7 @@ impl Event {
         let mut event = Event {
             fields,
             metadata,
-            timestamp_ms: received_ms,
+            timestamp_ms: receipt.ms,
         };
         let parsed = match event.fields.get(TIMESTAMP) {
             Some(Value::String(s)) => parse_timestamp_ms(s),
@@ -53,7 +80,11 @@ impl Event {
         };
         match parsed {
             Some(ms) => event.timestamp_ms = ms,
-            None => event.set_timestamp_ms(received_ms),
+            None => {
+                event
+                    .fields
+                    .insert(TIMESTAMP, Value::String(receipt.text.clone()));
+            }
         }
         event
     }

@@ -6,7 +6,7 @@
 
 use super::check_address;
 use crate::config::{de, Problem};
-use crate::event::{now_ms, Event, Fields};
+use crate::event::{now_ms, Event, Fields, Receipt};
 use crate::metrics::Counter;
 use crate::queue::{QueueError, QueueSender};
 use crate::BuildContext;
@@ -371,6 +371,7 @@ pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event>
     if single_document {
         return vec![parse_object(body, received, failures)];
     }
+    let receipt = Receipt::new(received);
     let mut events = Vec::with_capacity(memchr::memchr_iter(b'\n', body).count() + 1);
     // One UTF-8 check of the whole body lets each line skip serde_json's per-string check.
     let text = std::str::from_utf8(body).ok();
@@ -391,7 +392,7 @@ pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event>
             None => Fields::from_json_slice(line),
         };
         let event = match parsed {
-            Ok(fields) => Event::from_fields(fields, received),
+            Ok(fields) => Event::from_fields_at(fields, &receipt),
             Err(_) => failure_event(line, received, failures),
         };
         events.push(event);

@@ -13,7 +13,7 @@ pub mod codec;
 pub mod tls;
 
 use crate::config::{de, Problem};
-use crate::event::{now_ms, Event, Fields, SharedValue};
+use crate::event::{now_ms, Event, Fields, Receipt, SharedValue};
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::queue::QueueSender;
 use crate::BuildContext;
@@ -537,13 +537,13 @@ where
                     return Err(ConnError::WindowOverflow(w.expected));
                 }
                 shared.metrics.events_received.add(raw.len() as u64);
-                let received = now_ms();
+                let receipt = Receipt::new(now_ms());
                 let mut failures = 0u64;
                 for r in raw {
                     w.seqs.push(r.seq);
                     w.events.push(to_event(
                         r,
-                        received,
+                        &receipt,
                         &peer_meta,
                         &shared.tags,
                         &mut failures,
@@ -646,18 +646,18 @@ async fn write_ack<W: AsyncWrite + Unpin>(
 /// One raw event as a pipeline event.
 fn to_event(
     raw: RawEvent,
-    received: i64,
+    receipt: &Receipt,
     peer_meta: &Arc<SharedValue>,
     tags: &[String],
     failures: &mut u64,
 ) -> Event {
     let mut event = match raw.body {
         Body::Json(bytes) => match Fields::from_json_slice(&bytes) {
-            Ok(fields) => Event::from_fields(fields, received),
+            Ok(fields) => Event::from_fields_at(fields, receipt),
             Err(_) => {
                 *failures += 1;
                 let mut e =
-                    Event::from_message(String::from_utf8_lossy(&bytes).into_owned(), received);
+                    Event::from_message(String::from_utf8_lossy(&bytes).into_owned(), receipt.ms());
                 e.add_tag("_jsonparsefailure");
                 e
             }
@@ -675,7 +675,7 @@ fn to_event(
                     map.insert("message".into(), line);
                 }
             }
-            Event::from_map(map, received)
+            Event::from_map(map, receipt.ms())
         }
     };
     event
