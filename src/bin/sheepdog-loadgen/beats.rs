@@ -209,10 +209,11 @@ pub async fn run(opts: BeatsOptions, gen: &mut EventGen, run: Arc<Run>) -> Resul
     let opts = Arc::new(opts);
     run.begin();
     let mut tasks = Vec::new();
-    for (windows, source) in per_conn.into_iter().zip(sources) {
+    for (index, (windows, source)) in per_conn.into_iter().zip(sources).enumerate() {
         let (opts, run) = (Arc::clone(&opts), Arc::clone(&run));
+        let pacer = Pacer::staggered(rate, opts.window, index, opts.connections);
         tasks.push(tokio::spawn(async move {
-            let r = connection(&opts, windows, source, rate, &run).await;
+            let r = connection(&opts, windows, source, pacer, &run).await;
             if r.is_err() {
                 run.budget.stop();
             }
@@ -229,7 +230,7 @@ async fn connection(
     opts: &BeatsOptions,
     mut windows: Vec<Window>,
     source: Vec<Vec<u8>>,
-    rate: Option<f64>,
+    mut pacer: Pacer,
     run: &Run,
 ) -> Result<()> {
     let mut s = TcpStream::connect(&opts.addr)
@@ -238,7 +239,6 @@ async fn connection(
     s.set_nodelay(true)?;
     let mut pending: VecDeque<u32> = VecDeque::new();
     let mut buf = BytesMut::with_capacity(4096);
-    let mut pacer = Pacer::new(rate);
     let mut next = 0usize;
     let counters = &run.counters;
     loop {

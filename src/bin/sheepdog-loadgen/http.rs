@@ -77,10 +77,11 @@ pub async fn run(opts: HttpOptions, gen: &mut EventGen, run: Arc<Run>) -> Result
     let opts = Arc::new(opts);
     run.begin();
     let mut tasks = Vec::new();
-    for bodies in per_conn {
+    for (index, bodies) in per_conn.into_iter().enumerate() {
         let (opts, run) = (Arc::clone(&opts), Arc::clone(&run));
+        let pacer = Pacer::staggered(rate, opts.events_per_body, index, opts.connections);
         tasks.push(tokio::spawn(async move {
-            let r = connection(&opts, bodies, rate, &run).await;
+            let r = connection(&opts, bodies, pacer, &run).await;
             if r.is_err() {
                 run.budget.stop();
             }
@@ -112,7 +113,7 @@ fn request_head(target: &Target, len: usize) -> Vec<u8> {
 async fn connection(
     opts: &HttpOptions,
     mut bodies: Vec<Body>,
-    rate: Option<f64>,
+    mut pacer: Pacer,
     run: &Run,
 ) -> Result<()> {
     let heads: Vec<Vec<u8>> = bodies
@@ -122,7 +123,6 @@ async fn connection(
     let mut stream = Some(connect(&opts.target).await?);
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut scratch = vec![0u8; 256 * 1024];
-    let mut pacer = Pacer::new(rate);
     let counters = &run.counters;
     let mut next = 0usize;
     loop {

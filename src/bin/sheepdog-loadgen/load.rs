@@ -82,6 +82,19 @@ impl Pacer {
         }
     }
 
+    /// Paces connection `index` of `connections` that share a rate, each at `rate` events/s
+    /// in sends of `chunk` events. Connection `index` starts `index / connections` of its send
+    /// interval late, so the connections take turns: at 20,000 events/s, 4 connections and
+    /// 1000-event bodies the target gets one body every 50 ms, not four at once every 200 ms.
+    pub fn staggered(rate: Option<f64>, chunk: usize, index: usize, connections: usize) -> Self {
+        let mut p = Self::new(rate);
+        if let Some(per) = p.per_event {
+            let interval = per * chunk.min(u32::MAX as usize) as u32;
+            p.next += interval.mul_f64(index as f64 / connections.max(1) as f64);
+        }
+        p
+    }
+
     /// Waits until `events` more may be sent.
     pub async fn wait(&mut self, events: usize) {
         let Some(per) = self.per_event else { return };
@@ -226,6 +239,31 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staggered_connections_take_turns() {
+        // 5000 events/s per connection, 1000-event sends: one send per 200 ms per connection,
+        // so four connections start 0, 50, 100 and 150 ms apart.
+        let starts: Vec<Duration> = (0..4)
+            .map(|i| {
+                let before = Instant::now();
+                let p = Pacer::staggered(Some(5000.0), 1000, i, 4);
+                p.next.saturating_duration_since(before)
+            })
+            .collect();
+        for (i, d) in starts.iter().enumerate() {
+            let want = Duration::from_millis(50 * i as u64);
+            assert!(
+                d.abs_diff(want) < Duration::from_millis(5),
+                "connection {i} starts after {d:?}, want {want:?}"
+            );
+        }
+        assert_eq!(
+            Pacer::staggered(None, 1000, 3, 4).per_event,
+            None,
+            "full speed has no pacing"
+        );
+    }
 
     #[test]
     fn budget_hands_out_exactly_the_count() {

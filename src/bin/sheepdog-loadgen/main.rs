@@ -111,6 +111,10 @@ enum Cmd {
         /// Exit with the summary once this many documents arrived.
         #[arg(long)]
         expect: Option<u64>,
+        /// Append one JSON line per request to this file: arrival (unix µs), documents, bytes,
+        /// least and most end-to-end latency in it.
+        #[arg(long)]
+        trace: Option<std::path::PathBuf>,
     },
     /// Print CPU seconds (utime+stime) and peak/current RSS of a process as JSON.
     Procstat {
@@ -293,6 +297,7 @@ fn main() -> Result<()> {
             report_interval,
             duration,
             expect,
+            trace,
         } => {
             let opts = sink::SinkOptions {
                 addr,
@@ -301,6 +306,7 @@ fn main() -> Result<()> {
                 report_interval: Some(secs(report_interval, "--report-interval")?),
                 duration: duration.map(|d| secs(d, "--duration")).transpose()?,
                 expect,
+                trace,
             };
             runtime(1)?.block_on(sink::run(opts))
         }

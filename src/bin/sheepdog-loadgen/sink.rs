@@ -26,6 +26,8 @@ pub struct SinkOptions {
     pub report_interval: Option<Duration>,
     pub duration: Option<Duration>,
     pub expect: Option<u64>,
+    /// Append one JSON line per request (arrival time, documents, least and most latency).
+    pub trace: Option<std::path::PathBuf>,
 }
 
 /// What the bulk scanner found in one request body.
@@ -33,6 +35,9 @@ pub struct SinkOptions {
 pub struct Scan {
     pub docs: u64,
     pub latency_samples: u64,
+    /// Least and most latency of the documents, in microseconds (0 when none had a timestamp).
+    pub min_us: u64,
+    pub max_us: u64,
 }
 
 #[derive(Default)]
@@ -55,6 +60,7 @@ struct Sink {
     items: bool,
     expect: Option<u64>,
     reached: tokio::sync::Notify,
+    trace: Option<Mutex<std::io::BufWriter<std::fs::File>>>,
 }
 
 static SENT_AT: std::sync::LazyLock<Finder<'static>> =
@@ -111,7 +117,14 @@ pub fn sent_at(doc: &[u8]) -> Option<u64> {
 
 fn record_latency(doc: &[u8], now: u64, hist: &mut Histogram, scan: &mut Scan) {
     if let Some(sent) = sent_at(doc) {
-        hist.record(now.saturating_sub(sent));
+        let us = now.saturating_sub(sent);
+        hist.record(us);
+        scan.min_us = if scan.latency_samples == 0 {
+            us
+        } else {
+            scan.min_us.min(us)
+        };
+        scan.max_us = scan.max_us.max(us);
         scan.latency_samples += 1;
     }
 }
@@ -279,6 +292,20 @@ impl Sink {
         drop(t);
         if reached {
             self.reached.notify_one();
+        }
+        if let Some(trace) = &self.trace {
+            use std::io::Write;
+            let mut w = trace.lock().unwrap_or_else(|e| e.into_inner());
+            // Flushed per line: the file is for looking at while or after a run, not for speed.
+            let _ = writeln!(
+                w,
+                r#"{{"at_us":{now},"docs":{},"bytes":{},"min_ms":{:.3},"max_ms":{:.3}}}"#,
+                scan.docs,
+                body.len(),
+                scan.min_us as f64 / 1000.0,
+                scan.max_us as f64 / 1000.0
+            )
+            .and_then(|()| w.flush());
         }
         scan
     }
@@ -510,6 +537,16 @@ pub async fn run(opts: SinkOptions) -> Result<()> {
         items: opts.items,
         expect: opts.expect,
         reached: tokio::sync::Notify::new(),
+        trace: match &opts.trace {
+            None => None,
+            Some(path) => Some(Mutex::new(std::io::BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .with_context(|| format!("opening the trace file {}", path.display()))?,
+            ))),
+        },
     });
     let server = axum::serve(listener, router(Arc::clone(&sink)));
     if let Some(beats_addr) = opts.beats_addr {
@@ -587,7 +624,9 @@ mod tests {
             scan,
             Scan {
                 docs: 5,
-                latency_samples: 2
+                latency_samples: 2,
+                min_us: 3000,
+                max_us: 4000,
             }
         );
         assert_eq!(h.count(), 2);
@@ -620,7 +659,9 @@ mod tests {
             scan,
             Scan {
                 docs: 777,
-                latency_samples: 777
+                latency_samples: 777,
+                min_us: 2_000_000,
+                max_us: 2_000_000,
             }
         );
         // All samples are 2 s: the bucket midpoint is capped at the exact maximum.
@@ -630,7 +671,9 @@ mod tests {
             n,
             Scan {
                 docs: 3,
-                latency_samples: 1
+                latency_samples: 1,
+                min_us: 9,
+                max_us: 9,
             }
         );
     }

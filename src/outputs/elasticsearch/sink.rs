@@ -33,6 +33,8 @@ pub struct Metrics {
     pub bulk_seconds: Histogram,
     pub in_flight: Gauge,
     pub queued: Gauge,
+    /// Bulk requests started, by what completed them: count, bytes, age, closing.
+    flushed: [Counter; 4],
 }
 
 impl Metrics {
@@ -85,7 +87,18 @@ impl Metrics {
                 "Events held by the output (queued, in flight or awaiting a retry)",
                 &l,
             ),
+            flushed: [Flush::Count, Flush::Bytes, Flush::Age, Flush::Closing].map(|f| {
+                m.counter(
+                    "sheepdog_es_flushes_total",
+                    "Bulk requests started, by what completed them (count: batch_max_events, bytes: batch_max_bytes, age: flush_interval, closing: shutdown)",
+                    &[("output", id), ("reason", f.label())],
+                )
+            }),
         }
+    }
+
+    fn flushes(&self, why: Flush) -> &Counter {
+        &self.flushed[why as usize]
     }
 }
 
@@ -406,11 +419,44 @@ fn refused(reply: &Reply, status: u16) -> TemplateError {
     TemplateError::Refused((status, retry::error_summary(&reply.body)))
 }
 
+/// Why gathered chunks go out as a bulk request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// `batch_max_events` reached.
+    Count,
+    /// `batch_max_bytes` reached.
+    Bytes,
+    /// The oldest chunk waited `flush_interval`.
+    Age,
+    /// The pipeline is stopping: nothing more will come.
+    Closing,
+}
+
+impl Flush {
+    fn label(self) -> &'static str {
+        match self {
+            Flush::Count => "count",
+            Flush::Bytes => "bytes",
+            Flush::Age => "age",
+            Flush::Closing => "closing",
+        }
+    }
+}
+
+/// The limits a bulk request is gathered under.
+#[derive(Debug, Clone, Copy)]
+struct BatchLimits {
+    max_events: usize,
+    max_bytes: usize,
+    flush_interval: std::time::Duration,
+}
+
 /// Chunks waiting to become one bulk request.
 struct Gathering {
     chunks: Vec<Pending>,
     events: usize,
     bytes: usize,
+    /// When the oldest chunk arrived.
     since: tokio::time::Instant,
 }
 
@@ -431,6 +477,24 @@ impl Gathering {
         self.events += p.chunk.len();
         self.bytes += p.chunk.buf.len();
         self.chunks.push(p);
+    }
+
+    /// Whether the gathered chunks should be sent at `now`, and why. Pure, so the batching
+    /// policy is tested without a cluster or a clock.
+    fn due(&self, limits: &BatchLimits, now: tokio::time::Instant, open: bool) -> Option<Flush> {
+        if self.chunks.is_empty() {
+            None
+        } else if self.events >= limits.max_events {
+            Some(Flush::Count)
+        } else if self.bytes >= limits.max_bytes {
+            Some(Flush::Bytes)
+        } else if !open {
+            Some(Flush::Closing)
+        } else if now.saturating_duration_since(self.since) >= limits.flush_interval {
+            Some(Flush::Age)
+        } else {
+            None
+        }
     }
 
     fn take(&mut self) -> Vec<Pending> {
@@ -458,17 +522,20 @@ pub async fn run(sink: Arc<Sink>, mut rx: mpsc::Receiver<Pending>) {
         }
     }
     let s = &sink.settings;
+    let limits = BatchLimits {
+        max_events: s.batch_max_events,
+        max_bytes: s.batch_max_bytes,
+        flush_interval: s.flush_interval,
+    };
     let mut gathering = Gathering::new();
     let mut in_flight: JoinSet<()> = JoinSet::new();
     let mut open = true;
     while open || !gathering.chunks.is_empty() {
-        let full = gathering.events >= s.batch_max_events || gathering.bytes >= s.batch_max_bytes;
-        let due = !gathering.chunks.is_empty()
-            && (full || !open || gathering.since.elapsed() >= s.flush_interval);
-        if due {
+        if let Some(why) = gathering.due(&limits, tokio::time::Instant::now(), open) {
             while in_flight.len() >= s.max_in_flight {
                 reap(&sink, in_flight.join_next().await);
             }
+            sink.metrics.flushes(why).inc();
             in_flight.spawn(sink.clone().deliver(gathering.take()));
             continue;
         }
@@ -505,6 +572,83 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+    fn pending(events: usize, bytes_each: usize, permits: &Arc<Semaphore>) -> Pending {
+        let chunk = super::super::Chunk {
+            buf: vec![b'x'; events * bytes_each],
+            ends: (1..=events).map(|i| (i * bytes_each) as u32).collect(),
+        };
+        Pending {
+            chunk,
+            _permit: permits
+                .clone()
+                .try_acquire_many_owned(events as u32)
+                .unwrap(),
+            queued: Gauge::default(),
+        }
+    }
+
+    #[test]
+    fn a_batch_goes_out_by_count_bytes_age_or_shutdown_whichever_comes_first() {
+        let limits = BatchLimits {
+            max_events: 5000,
+            max_bytes: 1 << 20,
+            flush_interval: Duration::from_millis(50),
+        };
+        let permits = Arc::new(Semaphore::new(100_000));
+        let t0 = tokio::time::Instant::now();
+        let mut g = Gathering::new();
+        assert_eq!(
+            g.due(&limits, t0 + Duration::from_secs(9), true),
+            None,
+            "empty"
+        );
+        assert_eq!(g.due(&limits, t0, false), None, "empty, closing");
+
+        // 1000 events of 100 bytes: neither limit is reached, so only age sends them.
+        g.push(pending(1000, 100, &permits));
+        let since = g.since;
+        assert_eq!(g.due(&limits, since, true), None);
+        assert_eq!(
+            g.due(&limits, since + Duration::from_millis(49), true),
+            None
+        );
+        assert_eq!(
+            g.due(&limits, since + Duration::from_millis(50), true),
+            Some(Flush::Age),
+            "the count is not reached, the age is"
+        );
+        assert_eq!(g.due(&limits, since, false), Some(Flush::Closing));
+
+        // A later chunk does not restart the clock: age counts from the oldest.
+        g.push(pending(1000, 100, &permits));
+        assert_eq!(g.since, since);
+        assert_eq!(
+            g.due(&limits, since + Duration::from_millis(50), true),
+            Some(Flush::Age)
+        );
+        g.push(pending(3000, 100, &permits));
+        assert_eq!(g.due(&limits, since, true), Some(Flush::Count));
+        assert_eq!(g.take().len(), 3);
+        assert_eq!((g.events, g.bytes), (0, 0));
+        assert_eq!(
+            permits.available_permits(),
+            100_000,
+            "taken chunks were dropped"
+        );
+
+        // 10 events of 200 KB: the bytes limit before the count.
+        g.push(pending(10, 200 * 1024, &permits));
+        assert_eq!(g.due(&limits, g.since, true), Some(Flush::Bytes));
+    }
+
+    #[test]
+    fn default_flush_interval_keeps_a_slow_stream_well_under_a_second() {
+        let c: super::super::Config =
+            toml::from_str("hosts = \"http://es:9200\"\nindex = \"x\"").unwrap();
+        assert_eq!(c.flush_interval, Duration::from_millis(50));
+        assert_eq!(c.batch_max_events, 5000);
+    }
 
     /// A cluster that answers from a script: each request takes the next reply whose path
     /// matches, and every request line and body is recorded.
@@ -561,6 +705,48 @@ mod tests {
             }
         });
         (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_trickle_is_sent_by_age_while_the_output_stays_open() {
+        let (url, seen) = scripted_cluster(vec![
+            ("HEAD /_index_template/logs ", 200, String::new()),
+            ("POST /_bulk ", 200, r#"{"errors":false,"items":[]}"#.into()),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        // Default batching: 5000 events or 50 ms.
+        let config: super::super::Config = toml::from_str(&format!(
+            "hosts = \"{url}\"\nindex = \"logs-%{{+YYYY.MM.dd}}\""
+        ))
+        .unwrap();
+        let ctx = BuildContext::new(dir.path().to_path_buf(), CancellationToken::new());
+        let settings = config.settings(&ctx).unwrap_or_else(|p| panic!("{p:?}"));
+        let service = Service::new(&settings.service).unwrap();
+        let metrics = Metrics::register("es", &ctx);
+        let sink = Sink::new("es", settings, service, metrics.clone(), &ctx);
+        let (tx, rx) = mpsc::channel(4);
+        let task = tokio::spawn(run(sink, rx));
+        let permits = Arc::new(Semaphore::new(10));
+        let sent = Instant::now();
+        tx.send(pending(3, 10, &permits)).await.unwrap();
+        let deadline = sent + Duration::from_secs(5);
+        while metrics.indexed.get() < 3 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let took = sent.elapsed();
+        assert_eq!(metrics.indexed.get(), 3, "the bulk never went out");
+        assert!(
+            took < Duration::from_millis(600),
+            "3 events waited {took:?} for a 5000-event batch; the 50 ms age should send them"
+        );
+        assert_eq!(metrics.flushes(Flush::Age).get(), 1);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
