@@ -101,6 +101,48 @@ impl QueueSender {
         self.push_chunks(source, events, permit, false)
     }
 
+    /// Takes room for `events` events now, before they exist, or fails at once (`Full` or
+    /// `Closed`, holding no events). The HTTP input reserves a body's line count before it
+    /// decodes: a full queue refuses the body before the decode spends CPU and memory on it,
+    /// and decoded events never exceed the queue's capacity.
+    pub fn try_reserve(&self, events: usize) -> Result<Reservation, QueueError> {
+        if events > self.capacity {
+            return Err(QueueError::Full(Vec::new()));
+        }
+        match self.permits.clone().try_acquire_many_owned(events as u32) {
+            Ok(permit) => Ok(Reservation {
+                permit,
+                sender: self.clone(),
+            }),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(QueueError::Full(Vec::new())),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(QueueError::Closed(Vec::new())),
+        }
+    }
+
+    /// [`try_reserve`](Self::try_reserve), waiting up to `wait` for room first. A client kept
+    /// waiting a moment costs its raw body only (nothing is decoded yet), and is cheaper than a
+    /// 429 that makes it back off and send the whole body again.
+    pub async fn reserve_within(
+        &self,
+        events: usize,
+        wait: std::time::Duration,
+    ) -> Result<Reservation, QueueError> {
+        match self.try_reserve(events) {
+            Err(QueueError::Full(none)) if events <= self.capacity => {
+                let acquire = self.permits.clone().acquire_many_owned(events as u32);
+                match tokio::time::timeout(wait, acquire).await {
+                    Ok(Ok(permit)) => Ok(Reservation {
+                        permit,
+                        sender: self.clone(),
+                    }),
+                    Ok(Err(_)) => Err(QueueError::Closed(none)),
+                    Err(_) => Err(QueueError::Full(none)),
+                }
+            }
+            other => other,
+        }
+    }
+
     /// Queues `events`, waiting for room. Events larger than the whole queue go in chunks.
     pub async fn send(&self, source: &Arc<str>, mut events: Vec<Event>) -> Result<(), QueueError> {
         while !events.is_empty() {
@@ -172,6 +214,56 @@ impl QueueSender {
     }
 }
 
+/// Room held in the queue for events being produced; dropping it gives the room back.
+pub struct Reservation {
+    permit: OwnedSemaphorePermit,
+    sender: QueueSender,
+}
+
+impl Reservation {
+    /// Events this reservation has room for.
+    pub fn events(&self) -> usize {
+        self.permit.num_permits()
+    }
+
+    /// Queues `events` in the reserved room, giving back what they do not use; more events
+    /// than reserved need the difference free now, otherwise nothing is queued (`Full`).
+    pub fn send(mut self, source: &Arc<str>, events: Vec<Event>) -> Result<(), QueueError> {
+        let reserved = self.permit.num_permits();
+        let permit = if events.len() <= reserved {
+            if events.is_empty() {
+                return Ok(());
+            }
+            // The rest stays in `self.permit` and is released when it drops.
+            self.permit
+                .split(events.len())
+                .expect("the reservation covers the events")
+        } else {
+            if events.len() > self.sender.capacity {
+                return Err(QueueError::Full(events));
+            }
+            match self
+                .sender
+                .permits
+                .clone()
+                .try_acquire_many_owned((events.len() - reserved) as u32)
+            {
+                Ok(extra) => {
+                    self.permit.merge(extra);
+                    self.permit
+                }
+                Err(tokio::sync::TryAcquireError::NoPermits) => {
+                    return Err(QueueError::Full(events))
+                }
+                Err(tokio::sync::TryAcquireError::Closed) => {
+                    return Err(QueueError::Closed(events))
+                }
+            }
+        };
+        self.sender.push_chunks(source, events, permit, false)
+    }
+}
+
 impl QueueReceiver {
     /// The next batch, or `None` once every sender is gone and the queue is empty.
     pub async fn recv(&self) -> Option<Batch> {
@@ -214,6 +306,72 @@ mod tests {
         .collect();
         assert_eq!(sizes, [4, 1, 2]);
         assert_eq!(depth.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn reservations_refuse_early_and_give_back_what_is_unused() {
+        let depth = Gauge::default();
+        let (tx, rx) = bounded(10, 4, depth.clone());
+        let src: Arc<str> = Arc::from("test");
+        assert!(matches!(tx.try_reserve(11), Err(QueueError::Full(e)) if e.is_empty()));
+        let r = tx.try_reserve(8).unwrap();
+        assert_eq!((r.events(), tx.depth()), (8, 8));
+        assert!(
+            matches!(tx.try_reserve(3), Err(QueueError::Full(_))),
+            "reserved room is taken"
+        );
+        // 5 events in room for 8: 3 come back.
+        r.send(&src, events(5)).unwrap();
+        assert_eq!((tx.depth(), depth.get()), (5, 5));
+        // More events than reserved: the difference is taken if free...
+        let r = tx.try_reserve(1).unwrap();
+        r.send(&src, events(3)).unwrap();
+        assert_eq!(tx.depth(), 8);
+        // ...and nothing is queued when it is not.
+        let r = tx.try_reserve(1).unwrap();
+        assert!(matches!(r.send(&src, events(4)), Err(QueueError::Full(e)) if e.len() == 4));
+        assert_eq!(tx.depth(), 8, "the failed reservation was given back");
+        let r = tx.try_reserve(2).unwrap();
+        drop(r);
+        assert_eq!(tx.depth(), 8);
+        tx.try_reserve(0).unwrap().send(&src, Vec::new()).unwrap();
+        let mut sizes = Vec::new();
+        while tx.depth() > 0 {
+            let b = rx.recv().await.unwrap();
+            sizes.push(b.events.len());
+        }
+        assert_eq!(sizes, [4, 1, 3]);
+        assert_eq!(depth.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reservation_waits_a_bounded_time_for_room() {
+        use std::time::Duration;
+        let (tx, rx) = bounded(10, 10, Gauge::default());
+        let src: Arc<str> = Arc::from("test");
+        tx.try_send(&src, events(8)).unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(matches!(
+            tx.reserve_within(5, Duration::from_millis(30)).await,
+            Err(QueueError::Full(_))
+        ));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert_eq!(tx.depth(), 8, "a timed-out wait holds nothing");
+        let waiting = {
+            let tx = tx.clone();
+            tokio::spawn(async move { tx.reserve_within(5, Duration::from_secs(10)).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        drop(rx.recv().await.unwrap());
+        let r = waiting.await.unwrap().unwrap();
+        assert_eq!((r.events(), tx.depth()), (5, 5));
+        assert!(
+            matches!(
+                tx.reserve_within(11, Duration::from_secs(10)).await,
+                Err(QueueError::Full(_))
+            ),
+            "more than the capacity fails at once"
+        );
     }
 
     #[tokio::test]

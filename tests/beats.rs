@@ -56,7 +56,7 @@ fn pipeline(dir: &Path, beats_extra: &str, pipeline_extra: &str) -> PathBuf {
         &format!("keepalive_interval = \"5s\"\n{beats_extra}"),
     );
     if !pipeline_extra.is_empty() {
-        text = text.replace("queue_capacity = 8192", pipeline_extra);
+        text = text.replace("queue_capacity = 4096", pipeline_extra);
     }
     text.push_str(
         r#"

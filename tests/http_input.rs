@@ -16,7 +16,7 @@ fn pipeline_with_file_output(out: &Path, http_extra: &str, queue: &str) -> PathB
     let http = format!("{tags}\n{http_extra}");
     let mut replacements = vec![(tags, http.as_str())];
     if !queue.is_empty() {
-        replacements.push(("queue_capacity = 8192", queue));
+        replacements.push(("queue_capacity = 4096", queue));
     }
     shipped_pipeline_to_file(out, &replacements, "")
 }
@@ -332,4 +332,65 @@ fn help_explains_run_and_check() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("run") && text.contains("check"), "{text}");
+}
+
+/// The queue fills while the output waits for a cluster that never answers; the input then
+/// refuses bodies with 429 once `queue_wait` is over, without decoding them: a body of bad JSON
+/// counts no parse failure.
+#[test]
+fn a_full_queue_answers_429_before_decoding() {
+    let config = temp_file(
+        "queue-full.toml",
+        &format!(
+            r#"
+[pipeline]
+workers = 1
+queue_capacity = 8
+batch_size = 8
+shutdown_timeout = "1s"
+data_dir = "${{DATA_DIR}}"
+
+[api]
+address = "${{API_ADDR}}"
+
+[[inputs]]
+type = "http"
+address = "${{HTTP_ADDR}}"
+queue_wait = "200ms"
+
+[[outputs]]
+type = "elasticsearch"
+hosts = "http://127.0.0.1:{dead}"
+index = "logs"
+manage_template = false
+queue_max_events = 1
+"#,
+            dead = free_port(),
+        ),
+    );
+    let dog = Sheepdog::start(&config, &[]);
+    let eight: String = (0..8).map(|i| format!("{{\"n\":{i}}}\n")).collect();
+    // The first batch fills the output's queue of one; the worker then holds the second (and
+    // its share of the pipeline queue) while the output waits.
+    assert_eq!(dog.post(eight.clone(), "application/x-ndjson").0, 200);
+    assert_eq!(dog.post(eight, "application/x-ndjson").0, 200);
+    wait_for(Duration::from_secs(10), "the queue to fill", || {
+        (dog.metric("sheepdog_queue_events") == Some(8.0)).then_some(())
+    });
+    let resp = client()
+        .post(&dog.http_url)
+        .body("not json\n")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(
+        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        dog.metric("sheepdog_input_parse_failures_total{input=\"http\"}"),
+        Some(0.0),
+        "a refused body is not decoded"
+    );
 }

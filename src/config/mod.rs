@@ -21,7 +21,9 @@ pub struct PipelineSettings {
     /// Filter worker tasks; 0 means one per core.
     #[serde(deserialize_with = "de::from_str_or_value")]
     pub workers: usize,
-    /// Capacity of the queue between inputs and filter workers, in events.
+    /// Capacity of the queue between inputs and filter workers, in events, counting the batches
+    /// the workers hold until the outputs took them. Default 4096: four 1000-event HTTP bodies
+    /// or two Beats windows, enough to keep two workers busy; peak RSS grows with it.
     #[serde(deserialize_with = "de::from_str_or_value")]
     pub queue_capacity: usize,
     /// Largest batch an input hands to the queue at once, in events.
@@ -38,7 +40,7 @@ impl Default for PipelineSettings {
     fn default() -> Self {
         PipelineSettings {
             workers: 0,
-            queue_capacity: 8192,
+            queue_capacity: 4096,
             batch_size: 1024,
             shutdown_timeout: Duration::from_secs(30),
             data_dir: PathBuf::from("data"),

@@ -29,6 +29,13 @@ type = "stdout"
 "#;
 
 #[test]
+fn pipeline_defaults_bound_memory() {
+    let (c, _) = parse_str(MINIMAL).unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(c.pipeline.queue_capacity, 4096);
+    assert_eq!(c.pipeline.batch_size, 1024);
+}
+
+#[test]
 fn parses_a_minimal_pipeline_with_env() {
     let (cfg, warnings) = parse_str(MINIMAL).unwrap();
     assert!(warnings.is_empty());

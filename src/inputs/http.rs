@@ -234,6 +234,22 @@ async fn handle(
     } else {
         raw
     };
+    // A body that fits in the queue takes its room (its line count) before it is decoded: a
+    // queue full for `queue_wait` answers 429 without spending the decode, and decoded events
+    // stay within the queue's capacity. Unused room goes back once the events are counted.
+    // A larger body is decoded and goes in chunks as room appears.
+    let expected = expected_events(&body);
+    let reservation = if expected <= state.queue.capacity() {
+        match state.queue.reserve_within(expected, state.queue_wait).await {
+            Ok(r) => Some(r),
+            Err(QueueError::Full(_)) => return queue_full(&state),
+            Err(QueueError::Closed(_)) => {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+            }
+        }
+    } else {
+        None
+    };
     let received = now_ms();
     let mut failures = 0u64;
     let mut events = decode_body(&body, received, &mut failures);
@@ -247,22 +263,46 @@ async fn handle(
             }
         }
     }
-    let n = events.len() as u64;
-    match enqueue(&state.queue, &state.source, events, state.queue_wait).await {
+    let n = events.len();
+    let queued = match reservation {
+        // More events than reserved (a JSON array) and no room for the rest right now: the
+        // reservation is given back and the body waits like any other.
+        Some(r) => match r.send(&state.source, events) {
+            Err(QueueError::Full(events)) if !events.is_empty() => {
+                enqueue(&state.queue, &state.source, events, state.queue_wait).await
+            }
+            other => other,
+        },
+        None => enqueue(&state.queue, &state.source, events, state.queue_wait).await,
+    };
+    match queued {
         Ok(()) => {
-            state.events_in.add(n);
+            state.events_in.add(n as u64);
             reply(StatusCode::OK, "ok\n")
         }
-        Err(QueueError::Full(_)) => {
-            state.rejected_full.inc();
-            (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, "1")],
-                "pipeline queue is full, retry later\n",
-            )
-                .into_response()
-        }
+        Err(QueueError::Full(_)) => queue_full(&state),
         Err(QueueError::Closed(_)) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+    }
+}
+
+fn queue_full(state: &HttpState) -> Response {
+    state.rejected_full.inc();
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, "1")],
+        "pipeline queue is full, retry later\n",
+    )
+        .into_response()
+}
+
+/// Upper bound on the events of an NDJSON body (its non-blank line count, counted without
+/// decoding); 1 for a JSON array, whose size is known only once decoded.
+fn expected_events(body: &[u8]) -> usize {
+    let body = body.trim_ascii();
+    match body.first() {
+        None => 0,
+        Some(b'[') => 1,
+        Some(_) => memchr::memchr_iter(b'\n', body).count() + 1,
     }
 }
 

@@ -58,7 +58,8 @@ pub struct Config {
     /// Where refused documents are appended. Default `<data_dir>/dead_letter.ndjson`.
     #[serde(default)]
     pub dead_letter_path: Option<PathBuf>,
-    /// Most documents in one bulk request. Default 5000.
+    /// Most documents in one bulk request. Default 2000 (about 1.2 MB of LLM-API log events;
+    /// Filebeat's `bulk_max_size` is 1600).
     #[serde(default = "d_batch_events", deserialize_with = "de::from_str_or_value")]
     pub batch_max_events: usize,
     /// Most bytes (uncompressed) in one bulk request, e.g. `"10MiB"`. Default 10MiB.
@@ -66,7 +67,7 @@ pub struct Config {
     pub batch_max_bytes: u64,
     /// Longest the oldest gathered event waits for its bulk request to fill before it is sent
     /// anyway. Default `50ms` (Logstash's `pipeline.batch.delay`): at a steady 20,000 events/s
-    /// a 5000-event bulk would take 250 ms to fill, so most requests go out by age well before.
+    /// a full bulk takes 100 ms to fill, so requests go out by age well before.
     /// Under full load they fill by count first and this never applies.
     #[serde(default = "d_flush", deserialize_with = "de::duration")]
     pub flush_interval: Duration,
@@ -74,7 +75,7 @@ pub struct Config {
     #[serde(default = "d_in_flight", deserialize_with = "de::from_str_or_value")]
     pub max_in_flight: usize,
     /// Events held by this output (queued, in flight or being retried) before `submit` waits.
-    /// Default 10000 (two full bulk requests).
+    /// Default 6000 (three full bulk requests).
     #[serde(default = "d_queue", deserialize_with = "de::from_str_or_value")]
     pub queue_max_events: usize,
     /// `none` or `gzip` for request bodies. Default `none`.
@@ -105,7 +106,7 @@ fn d_true() -> bool {
     true
 }
 fn d_batch_events() -> usize {
-    5000
+    2000
 }
 fn d_batch_bytes() -> u64 {
     10 * 1024 * 1024
@@ -117,7 +118,7 @@ fn d_in_flight() -> usize {
     4
 }
 fn d_queue() -> usize {
-    10_000
+    6000
 }
 fn d_compression() -> String {
     "none".into()
@@ -452,13 +453,28 @@ impl Config {
 /// they are delivered or dead-lettered.
 pub(crate) struct Pending {
     pub chunk: Chunk,
+    /// Items in `chunk` when it was queued (the sink moves the bytes out into the request body
+    /// and keeps this until delivery).
+    events: usize,
     _permit: OwnedSemaphorePermit,
     queued: crate::metrics::Gauge,
 }
 
+impl Pending {
+    fn new(chunk: Chunk, permit: OwnedSemaphorePermit, queued: crate::metrics::Gauge) -> Self {
+        queued.add(chunk.len() as i64);
+        Pending {
+            events: chunk.len(),
+            chunk,
+            _permit: permit,
+            queued,
+        }
+    }
+}
+
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.queued.sub(self.chunk.len() as i64);
+        self.queued.sub(self.events as i64);
     }
 }
 
@@ -493,12 +509,7 @@ impl Output for ElasticsearchOutput {
             let Ok(permit) = self.permits.clone().acquire_many_owned(want).await else {
                 return;
             };
-            self.queued.add(chunk.len() as i64);
-            let pending = Pending {
-                chunk,
-                _permit: permit,
-                queued: self.queued.clone(),
-            };
+            let pending = Pending::new(chunk, permit, self.queued.clone());
             if self.tx.send(pending).await.is_err() {
                 tracing::error!("elasticsearch output task has stopped; events were not delivered");
             }
@@ -542,7 +553,9 @@ mod tests {
             s.service.authorization, None,
             "empty password means no auth"
         );
-        assert_eq!(s.batch_max_events, 5000);
+        assert_eq!(s.batch_max_events, 2000);
+        assert_eq!(s.queue_max_events, 6000);
+        assert_eq!(s.flush_interval, Duration::from_millis(50));
         assert_eq!(s.max_in_flight, 4);
         assert_eq!(s.max_retries, None);
         assert_eq!(s.dead_letter_path, PathBuf::from("data/dead_letter.ndjson"));

@@ -103,9 +103,9 @@ impl Service {
     }
 
     /// POSTs a bulk body (gzipped here when configured).
-    pub async fn bulk(&self, body: Vec<u8>) -> Result<Reply, TransportError> {
+    pub async fn bulk(&self, body: bytes::Bytes) -> Result<Reply, TransportError> {
         let body = if self.gzip {
-            tokio::task::spawn_blocking(move || gzip(&body))
+            tokio::task::spawn_blocking(move || bytes::Bytes::from(gzip(&body)))
                 .await
                 .map_err(|e| TransportError {
                     host: String::new(),
@@ -129,10 +129,9 @@ impl Service {
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<Vec<u8>>,
+        body: Option<bytes::Bytes>,
         content_type: &str,
     ) -> Result<Reply, TransportError> {
-        let body = body.map(bytes::Bytes::from);
         let mut last_error = None;
         for _ in 0..self.hosts.len() {
             let host = self.pick();
@@ -288,11 +287,11 @@ mod tests {
         });
         let s = service(&[&dead, &live]);
         for _ in 0..3 {
-            let reply = s.bulk(b"{}\n".to_vec()).await.unwrap();
+            let reply = s.bulk(bytes::Bytes::from_static(b"{}\n")).await.unwrap();
             assert_eq!((reply.status, reply.host.as_str()), (200, live.as_str()));
         }
         let only_dead = service(&[&dead]);
-        let err = only_dead.bulk(Vec::new()).await.err().unwrap();
+        let err = only_dead.bulk(bytes::Bytes::new()).await.err().unwrap();
         assert_eq!(err.reason, format!("connection refused to {dead}"));
     }
 }

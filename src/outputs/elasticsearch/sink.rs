@@ -219,7 +219,12 @@ impl Sink {
         let body = serde_json::to_vec(&super::template::body(&t.pattern)).unwrap_or_default();
         let reply = self
             .service
-            .send(reqwest::Method::PUT, &path, Some(body), "application/json")
+            .send(
+                reqwest::Method::PUT,
+                &path,
+                Some(body.into()),
+                "application/json",
+            )
             .await
             .map_err(TemplateError::Unreachable)?;
         if (200..300).contains(&reply.status) {
@@ -232,44 +237,32 @@ impl Sink {
 
     /// Sends one batch until every item is indexed or dead-lettered (or, with `max_retries`,
     /// out of attempts, which dead-letters the rest).
-    async fn deliver(self: Arc<Self>, batch: Vec<Pending>) {
+    async fn deliver(self: Arc<Self>, mut batch: Vec<Pending>) {
         self.metrics.in_flight.add(1);
-        let items: Vec<(u32, u32)> = batch
-            .iter()
-            .enumerate()
-            .flat_map(|(c, p)| (0..p.chunk.len() as u32).map(move |i| (c as u32, i)))
-            .collect();
+        let joined = Joined::new(&mut batch);
         // Work list: item sets still to send (a 413 splits one into two).
-        let mut work = vec![items];
+        let mut work = vec![(0..joined.len() as u32).collect::<Vec<u32>>()];
         while let Some(items) = work.pop() {
-            self.deliver_items(&batch, items, &mut work).await;
+            self.deliver_items(&joined, items, &mut work).await;
         }
         self.metrics.in_flight.sub(1);
         // Dropping `batch` releases the output's capacity for these events.
+        drop(batch);
     }
 
-    async fn deliver_items(
-        &self,
-        batch: &[Pending],
-        mut items: Vec<(u32, u32)>,
-        work: &mut Vec<Vec<(u32, u32)>>,
-    ) {
-        let item = |&(c, i): &(u32, u32)| batch[c as usize].chunk.item(i as usize);
-        let whole_batch = items.len() == batch.iter().map(|p| p.chunk.len()).sum::<usize>();
+    async fn deliver_items(&self, joined: &Joined, mut items: Vec<u32>, work: &mut Vec<Vec<u32>>) {
+        let whole_batch = items.len() == joined.len();
         let mut attempt: u32 = 0;
         loop {
             let body = if whole_batch && attempt == 0 {
-                let mut body = Vec::with_capacity(batch.iter().map(|p| p.chunk.buf.len()).sum());
-                for p in batch {
-                    body.extend_from_slice(&p.chunk.buf);
-                }
-                body
+                joined.bytes.clone()
             } else {
-                let mut body = Vec::with_capacity(items.iter().map(|x| item(x).len()).sum());
-                for x in &items {
-                    body.extend_from_slice(item(x));
+                let mut body =
+                    Vec::with_capacity(items.iter().map(|&i| joined.item(i).len()).sum());
+                for &i in &items {
+                    body.extend_from_slice(joined.item(i));
                 }
-                body
+                bytes::Bytes::from(body)
             };
             let started = Instant::now();
             let result = self.service.bulk(body).await;
@@ -305,7 +298,7 @@ impl Sink {
                                     (r.item, r.status, r.error_type.as_str(), r.reason.as_str())
                                 })
                                 .collect();
-                            self.dead_letter(&letters, &items, batch);
+                            self.dead_letter(&letters, &items, joined);
                         }
                         if to_retry.is_empty() {
                             return;
@@ -340,7 +333,7 @@ impl Sink {
                         self.dead_letter(
                             &[(0, 413, "request_entity_too_large", reason)],
                             &items,
-                            batch,
+                            joined,
                         );
                         return;
                     }
@@ -350,7 +343,7 @@ impl Sink {
                         let letters: Vec<(usize, u16, &str, &str)> = (0..items.len())
                             .map(|i| (i, status, "bulk_request_refused", reason.as_str()))
                             .collect();
-                        self.dead_letter(&letters, &items, batch);
+                        self.dead_letter(&letters, &items, joined);
                         return;
                     }
                 },
@@ -362,7 +355,7 @@ impl Sink {
                     let letters: Vec<(usize, u16, &str, &str)> = (0..items.len())
                         .map(|i| (i, 0, "retries_exhausted", why.as_str()))
                         .collect();
-                    self.dead_letter(&letters, &items, batch);
+                    self.dead_letter(&letters, &items, joined);
                     return;
                 }
             }
@@ -373,18 +366,10 @@ impl Sink {
     }
 
     /// Writes refused items (positions in `items`) to the dead-letter file.
-    fn dead_letter(
-        &self,
-        letters: &[(usize, u16, &str, &str)],
-        items: &[(u32, u32)],
-        batch: &[Pending],
-    ) {
+    fn dead_letter(&self, letters: &[(usize, u16, &str, &str)], items: &[u32], joined: &Joined) {
         let parts: Vec<_> = letters
             .iter()
-            .map(|&(pos, ..)| {
-                let (c, i) = items[pos];
-                split_item(batch[c as usize].chunk.item(i as usize))
-            })
+            .map(|&(pos, ..)| split_item(joined.item(items[pos])))
             .collect();
         let lines: Vec<Letter<'_>> = letters
             .iter()
@@ -417,6 +402,50 @@ enum TemplateError {
 
 fn refused(reply: &Reply, status: u16) -> TemplateError {
     TemplateError::Refused((status, retry::error_summary(&reply.body)))
+}
+
+/// The documents of one bulk request in one buffer, with the item boundaries that partial
+/// retries and dead letters need. Each chunk's bytes are moved in once and freed, so a request
+/// in flight holds its documents once (the HTTP client shares the buffer, it does not copy it).
+struct Joined {
+    bytes: bytes::Bytes,
+    ends: Vec<u32>,
+}
+
+impl Joined {
+    fn new(batch: &mut [Pending]) -> Self {
+        if let [only] = batch {
+            let chunk = std::mem::take(&mut only.chunk);
+            return Joined {
+                bytes: chunk.buf.into(),
+                ends: chunk.ends,
+            };
+        }
+        let total = batch.iter().map(|p| p.chunk.buf.len()).sum();
+        let mut buf = Vec::with_capacity(total);
+        let mut ends = Vec::with_capacity(batch.iter().map(|p| p.chunk.len()).sum());
+        for p in batch.iter_mut() {
+            let chunk = std::mem::take(&mut p.chunk);
+            let base = buf.len() as u32;
+            ends.extend(chunk.ends.iter().map(|e| base + e));
+            buf.extend_from_slice(&chunk.buf);
+        }
+        Joined {
+            bytes: buf.into(),
+            ends,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// The bytes of item `i` (action line and document line).
+    fn item(&self, i: u32) -> &[u8] {
+        let i = i as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
 }
 
 /// Why gathered chunks go out as a bulk request now.
@@ -578,14 +607,14 @@ mod tests {
             buf: vec![b'x'; events * bytes_each],
             ends: (1..=events).map(|i| (i * bytes_each) as u32).collect(),
         };
-        Pending {
+        Pending::new(
             chunk,
-            _permit: permits
+            permits
                 .clone()
                 .try_acquire_many_owned(events as u32)
                 .unwrap(),
-            queued: Gauge::default(),
-        }
+            Gauge::default(),
+        )
     }
 
     #[test]
@@ -643,11 +672,59 @@ mod tests {
     }
 
     #[test]
+    fn joined_chunks_keep_their_items_and_free_the_chunk_buffers() {
+        let permits = Arc::new(Semaphore::new(100));
+        let queued = Gauge::default();
+        let chunk = |items: &[&str]| {
+            let mut c = super::super::Chunk::default();
+            for i in items {
+                c.buf.extend_from_slice(i.as_bytes());
+                c.ends.push(c.buf.len() as u32);
+            }
+            c
+        };
+        let mut batch = vec![
+            Pending::new(
+                chunk(&["a1\nd1\n", "a2\nd2\n"]),
+                permits.clone().try_acquire_many_owned(2).unwrap(),
+                queued.clone(),
+            ),
+            Pending::new(
+                chunk(&["a3\nd33\n"]),
+                permits.clone().try_acquire_many_owned(1).unwrap(),
+                queued.clone(),
+            ),
+        ];
+        assert_eq!(queued.get(), 3);
+        let joined = Joined::new(&mut batch);
+        assert_eq!(&joined.bytes[..], b"a1\nd1\na2\nd2\na3\nd33\n");
+        let items: Vec<&[u8]> = (0..joined.len() as u32).map(|i| joined.item(i)).collect();
+        assert_eq!(items, [&b"a1\nd1\n"[..], b"a2\nd2\n", b"a3\nd33\n"]);
+        assert!(
+            batch.iter().all(|p| p.chunk.buf.capacity() == 0),
+            "chunk bytes freed"
+        );
+        assert_eq!(queued.get(), 3, "still held until delivered");
+        assert_eq!(permits.available_permits(), 97);
+        drop(batch);
+        assert_eq!(queued.get(), 0);
+        assert_eq!(permits.available_permits(), 100);
+
+        let mut one = vec![Pending::new(
+            chunk(&["x\ny\n"]),
+            permits.clone().try_acquire_many_owned(1).unwrap(),
+            queued.clone(),
+        )];
+        let joined = Joined::new(&mut one);
+        assert_eq!((joined.len(), joined.item(0)), (1, &b"x\ny\n"[..]));
+    }
+
+    #[test]
     fn default_flush_interval_keeps_a_slow_stream_well_under_a_second() {
         let c: super::super::Config =
             toml::from_str("hosts = \"http://es:9200\"\nindex = \"x\"").unwrap();
         assert_eq!(c.flush_interval, Duration::from_millis(50));
-        assert_eq!(c.batch_max_events, 5000);
+        assert_eq!(c.batch_max_events, 2000);
     }
 
     /// A cluster that answers from a script: each request takes the next reply whose path
@@ -715,7 +792,7 @@ mod tests {
         ])
         .await;
         let dir = tempfile::tempdir().unwrap();
-        // Default batching: 5000 events or 50 ms.
+        // Default batching: 2000 events or 50 ms.
         let config: super::super::Config = toml::from_str(&format!(
             "hosts = \"{url}\"\nindex = \"logs-%{{+YYYY.MM.dd}}\""
         ))
@@ -738,7 +815,7 @@ mod tests {
         assert_eq!(metrics.indexed.get(), 3, "the bulk never went out");
         assert!(
             took < Duration::from_millis(600),
-            "3 events waited {took:?} for a 5000-event batch; the 50 ms age should send them"
+            "3 events waited {took:?} for a 2000-event batch; the 50 ms age should send them"
         );
         assert_eq!(metrics.flushes(Flush::Age).get(), 1);
         assert_eq!(seen.lock().unwrap().len(), 2);
@@ -803,12 +880,11 @@ mod tests {
         let full = String::from_utf8(chunk.buf.clone()).unwrap();
         let permits = Arc::new(Semaphore::new(10));
         let (tx, rx) = mpsc::channel(4);
-        metrics.queued.add(3);
-        tx.send(Pending {
+        tx.send(Pending::new(
             chunk,
-            _permit: permits.clone().acquire_many_owned(3).await.unwrap(),
-            queued: metrics.queued.clone(),
-        })
+            permits.clone().acquire_many_owned(3).await.unwrap(),
+            metrics.queued.clone(),
+        ))
         .await
         .unwrap();
         drop(tx);
