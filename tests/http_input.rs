@@ -222,7 +222,7 @@ fn a_full_queue_holds_requests_for_queue_wait_then_answers_429() {
         &out,
         &[
             ("tags = [\"direct-upload\"]", "queue_wait = \"400ms\""),
-            ("queue_capacity = 8192", "queue_capacity = 8"),
+            ("queue_capacity = 4096", "queue_capacity = 8"),
         ],
         &stuck,
     );
