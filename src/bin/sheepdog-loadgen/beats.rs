@@ -106,11 +106,48 @@ impl Window {
         }
     }
 
+    /// A window as Filebeat sends it with `compression_level: 0`: `2W` and the `2J` frames,
+    /// no compressed frame.
+    pub fn build_uncompressed(events: &[Vec<u8>]) -> Self {
+        let raw = data_frames(events);
+        let mut bytes = Vec::with_capacity(6 + raw.len());
+        bytes.extend_from_slice(b"2W");
+        bytes.extend_from_slice(&(events.len() as u32).to_be_bytes());
+        let base = bytes.len();
+        bytes.extend_from_slice(&raw);
+        Self {
+            count: events.len() as u32,
+            ts_offsets: placeholder_offsets(&raw)
+                .into_iter()
+                .map(|o| (o as usize + base) as u32)
+                .collect(),
+            holes: 0,
+            adler_offset: 0,
+            base_a: 0,
+            base_b: 0,
+            weight: 0,
+            bytes,
+        }
+    }
+
+    /// Builds a window compressed like Filebeat's default (level 3) or not at all.
+    pub fn build_with(events: &[Vec<u8>], compressed: bool) -> Self {
+        if compressed {
+            Window::build(events)
+        } else {
+            Window::build_uncompressed(events)
+        }
+    }
+
     /// Writes `us` into every event and fixes the Adler-32 trailer.
     pub fn patch(&mut self, us: u64) {
         let digits = ts_digits(us);
         for &o in &self.ts_offsets {
             self.bytes[o as usize..o as usize + TS_WIDTH].copy_from_slice(&digits);
+        }
+        if self.adler_offset == 0 {
+            // Uncompressed: no checksum to fix.
+            return;
         }
         // Changing byte p of an n-byte payload by d adds d to A and (n - p) * d to B. Every
         // placeholder gets the same digits, so the sums factor into per-window constants.
@@ -157,6 +194,8 @@ pub struct BeatsOptions {
     pub pipeline: usize,
     /// Send the application event itself instead of inside Filebeat's envelope.
     pub raw: bool,
+    /// Send windows uncompressed (Filebeat's `compression_level: 0`).
+    pub uncompressed: bool,
     pub rate: Option<f64>,
 }
 
@@ -199,7 +238,7 @@ pub async fn run(opts: BeatsOptions, gen: &mut EventGen, run: Arc<Run>) -> Resul
     for i in 0..pool {
         let host = i % opts.connections;
         let events = beats_events(gen, opts.window, opts.raw, host + 1, &mut offsets[host]);
-        per_conn[host].push(Window::build(&events));
+        per_conn[host].push(Window::build_with(&events, !opts.uncompressed));
         if i < opts.connections {
             // Kept to build the one short window a count may end with.
             sources.push(events);
@@ -253,7 +292,7 @@ async fn connection(
             next += 1;
             &mut windows[i]
         } else {
-            short = Window::build(&source[..n]);
+            short = Window::build_with(&source[..n], !opts.uncompressed);
             &mut short
         };
         w.patch(now_us());
@@ -399,13 +438,17 @@ mod tests {
     fn decode(bytes: &[u8]) -> (u32, Vec<(u32, serde_json::Value)>) {
         assert_eq!(&bytes[..2], b"2W");
         let count = u32::from_be_bytes(bytes[2..6].try_into().unwrap());
-        assert_eq!(&bytes[6..8], b"2C");
-        let len = u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
-        assert_eq!(bytes.len(), 12 + len);
         let mut raw = Vec::new();
-        flate2::read::ZlibDecoder::new(&bytes[12..])
-            .read_to_end(&mut raw)
-            .expect("valid zlib incl. adler");
+        if &bytes[6..8] == b"2C" {
+            let len = u32::from_be_bytes(bytes[8..12].try_into().unwrap()) as usize;
+            assert_eq!(bytes.len(), 12 + len);
+            flate2::read::ZlibDecoder::new(&bytes[12..])
+                .read_to_end(&mut raw)
+                .expect("valid zlib incl. adler");
+        } else {
+            // Uncompressed: the J frames follow the window frame directly.
+            raw.extend_from_slice(&bytes[6..]);
+        }
         let mut frames = vec![];
         let mut p = &raw[..];
         while !p.is_empty() {
@@ -437,9 +480,9 @@ mod tests {
             seed: 9,
             users: 100,
         });
-        for raw in [false, true] {
+        for (raw, compressed) in [(false, true), (true, true), (false, false)] {
             let events = beats_events(&mut g, 300, raw, 1, &mut 0);
-            let mut w = Window::build(&events);
+            let mut w = Window::build_with(&events, compressed);
             for us in [
                 1_764_238_502_123_456u64,
                 1_700_000_000_000_001,
@@ -501,6 +544,7 @@ mod tests {
             pool: 2,
             pipeline: 2,
             raw: false,
+            uncompressed: false,
             rate: None,
         };
         super::run(opts, &mut g, Arc::clone(&run)).await.unwrap();

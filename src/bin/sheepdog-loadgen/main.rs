@@ -85,6 +85,10 @@ enum Cmd {
         /// (agent, host, log, the empty `message` of `json.keys_under_root`).
         #[arg(long)]
         raw: bool,
+        /// Send windows uncompressed, as Filebeat does with `compression_level: 0` (default:
+        /// one zlib-compressed frame per window, as with Filebeat's default level 3).
+        #[arg(long)]
+        uncompressed: bool,
         #[command(flatten)]
         load: LoadArgs,
         #[command(flatten)]
@@ -269,6 +273,7 @@ fn main() -> Result<()> {
             connections,
             pipeline,
             raw,
+            uncompressed,
             load,
             gen,
         } => {
@@ -282,6 +287,7 @@ fn main() -> Result<()> {
                 pool: gen.pool.unwrap_or(16),
                 pipeline: usize::from(pipeline),
                 raw,
+                uncompressed,
                 rate: load.rate,
             };
             let run = load.run("beats")?;
