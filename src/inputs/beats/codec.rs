@@ -601,30 +601,32 @@ mod tests {
 
     #[test]
     fn a_window_buffer_is_reused_once_its_events_are_gone() {
+        // Windows of one size, as a Filebeat connection sends them.
         let window = |seq: u32| {
             let mut inner = Vec::new();
             for i in 0..50 {
-                inner.extend(json(seq + i, &format!("{{\"n\":{}}}", seq + i)));
+                inner.extend(json(seq + i, &format!("{{\"n\":{:03}}}", seq + i)));
             }
             compressed(&inner)
         };
         let mut codec = BeatsCodec::new(1 << 20);
-        let first = decode_all(&mut codec, &window(1)).unwrap();
-        let buffer_at = codec.lent.as_ref().unwrap().as_ptr();
+        let first = decode_all(&mut codec, &window(100)).unwrap();
+        let first_buffer = codec.lent.as_ref().unwrap().as_ptr();
         // While the events hold their bytes, the next window gets a buffer of its own.
-        let second = decode_all(&mut codec, &window(51)).unwrap();
-        assert_ne!(codec.lent.as_ref().unwrap().as_ptr(), buffer_at);
+        let second = decode_all(&mut codec, &window(200)).unwrap();
+        let second_buffer = codec.lent.as_ref().unwrap().as_ptr();
+        assert_ne!(second_buffer, first_buffer);
         assert_eq!(flatten(&first).len(), 50);
         assert_eq!(flatten(&second).len(), 50);
-        // Once they are dropped, the buffer comes back and the events' bytes are intact.
+        // Once they are dropped, the buffer comes back and the new events' bytes are intact.
         drop(first);
         drop(second);
-        let reused_at = codec.lent.as_ref().unwrap().as_ptr();
-        let third = decode_all(&mut codec, &window(101)).unwrap();
-        assert_eq!(codec.lent.as_ref().unwrap().as_ptr(), reused_at);
+        let third = decode_all(&mut codec, &window(300)).unwrap();
+        assert_eq!(codec.lent.as_ref().unwrap().as_ptr(), second_buffer);
         let items = flatten(&third);
         assert_eq!(items.len(), 50);
-        assert_eq!(items[0], "J101:{\"n\":101}");
+        assert_eq!(items[0], "J300:{\"n\":300}");
+        assert_eq!(items[49], "J349:{\"n\":349}");
     }
 
     #[test]
