@@ -198,18 +198,7 @@ fn shipped_with_file_output(out: &Path) -> PathBuf {
 }
 
 fn read_events(path: &Path, n: usize) -> Vec<Value> {
-    wait_for(
-        Duration::from_secs(30),
-        &format!("{n} events in {}", path.display()),
-        || {
-            let text = std::fs::read_to_string(path).ok()?;
-            let events: Vec<Value> = text
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect();
-            (events.len() >= n).then_some(events)
-        },
-    )
+    read_ndjson(path, n, Duration::from_secs(30))
 }
 
 fn geoip_health(dog: &Sheepdog) -> Value {
