@@ -94,12 +94,10 @@ pub struct BeatsCodec {
     max_frame: usize,
     /// Frames already decoded from an inflated buffer, handed out one per `decode` call.
     pending: VecDeque<Frame>,
-    /// Inflated windows land here and events are copied out, so the buffer (about 2.4 MB for
-    /// a Filebeat window) is allocated once per connection instead of once per window: a new
-    /// buffer of that size comes fresh from the kernel, zero-filled page by page, every time.
-    scratch: Vec<u8>,
-    /// The last window's buffer, lent to its events (slices, no copies); taken back for the
-    /// next window once they are gone.
+    /// The last window's inflated buffer, lent to its events (slices, no copies) and taken
+    /// back for the next window once they are gone, so the buffer (about 2.4 MB for a Filebeat
+    /// window) is allocated once per connection: a new one of that size comes fresh from the
+    /// kernel, zero-filled page by page, every time.
     lent: Option<Bytes>,
 }
 
@@ -108,7 +106,6 @@ impl BeatsCodec {
         BeatsCodec {
             max_frame: max_frame.max(16),
             pending: VecDeque::new(),
-            scratch: Vec::new(),
             lent: None,
         }
     }
@@ -271,16 +268,10 @@ impl BeatsCodec {
     /// events borrow their bytes from the buffer.
     fn unpack_compressed(&mut self, stream: &[u8]) -> Result<(), ProtocolError> {
         let mut buf = self.reclaim_buffer();
-        let n = match inflate_into(stream, self.max_frame, &mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                self.scratch = buf;
-                return Err(e);
-            }
-        };
+        let inflated = inflate_into(stream, self.max_frame, &mut buf);
         let window = Bytes::from(buf);
         self.lent = Some(window.clone());
-        self.unpack(&window.slice(..n), 1)
+        self.unpack(&window.slice(..inflated?), 1)
     }
 
     /// The buffer for the next window: the last one when its events have all been dropped
@@ -291,7 +282,7 @@ impl BeatsCodec {
                 return Vec::from(back);
             }
         }
-        std::mem::take(&mut self.scratch)
+        Vec::new()
     }
 
     /// Decodes every frame of an inflated buffer into `pending`, grouping runs of events (slices
