@@ -190,13 +190,8 @@ impl Fields {
     /// [`Fields::get`] with the key's [`key_tag`] computed beforehand.
     #[inline]
     pub fn get_tagged(&self, tag: u32, key: &str) -> Option<&Value> {
-        if !self.may_contain(tag) {
-            return None;
-        }
-        self.entries
-            .iter()
-            .find(|e| e.is(tag, key))
-            .map(|e| e.slot.value())
+        let i = self.position(tag, key)?;
+        Some(self.entries[i].slot.value())
     }
 
     /// Mutable access; a shared value becomes the event's own copy.
@@ -207,13 +202,8 @@ impl Fields {
     /// [`Fields::get_mut`] with the key's [`key_tag`] computed beforehand.
     #[inline]
     pub fn get_mut_tagged(&mut self, tag: u32, key: &str) -> Option<&mut Value> {
-        if !self.may_contain(tag) {
-            return None;
-        }
-        self.entries
-            .iter_mut()
-            .find(|e| e.is(tag, key))
-            .map(|e| e.slot.value_mut())
+        let i = self.position(tag, key)?;
+        Some(self.entries[i].slot.value_mut())
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
