@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use sheepdog::config::{self, Source};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
 
@@ -94,7 +94,7 @@ fn init_logging(json: bool) {
 /// Parses and validates `path`; `verify` says whether database files are walked now (`check`)
 /// or left to the running pipeline, which verifies them after the inputs bind (`run`).
 fn load(
-    path: &PathBuf,
+    path: &Path,
     verify: sheepdog::Verify,
 ) -> Result<(config::PipelineConfig, Vec<config::LocatedProblem>), String> {
     let source = Source::read(path).map_err(|e| format!("{e:#}"))?;

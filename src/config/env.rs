@@ -24,9 +24,9 @@ pub fn substitute(input: &str, lookup: Lookup) -> Result<String, Vec<EnvError>> 
     while let Some(pos) = rest.find('$') {
         out.push_str(&rest[..pos]);
         let after = &rest[pos..];
-        if after.starts_with("$${") {
+        if let Some(stripped) = after.strip_prefix("$${") {
             out.push_str("${");
-            rest = &after[3..];
+            rest = stripped;
             continue;
         }
         if !after.starts_with("${") {

@@ -95,7 +95,7 @@ fn error_rate_fires_and_resolves_exactly_once() {
     let ok = |_| event(json!({"tags": ["success"]}));
     // 0.5% errors: 1 in 200.
     let low = |i: usize| {
-        if i % 200 == 0 {
+        if i.is_multiple_of(200) {
             event(json!({"tags": ["error"]}))
         } else {
             event(json!({"tags": ["success"]}))
@@ -103,7 +103,7 @@ fn error_rate_fires_and_resolves_exactly_once() {
     };
     // 5% errors.
     let high = |i: usize| {
-        if i % 20 == 0 {
+        if i.is_multiple_of(20) {
             event(json!({"tags": ["error"]}))
         } else {
             event(json!({"tags": ["success"]}))
@@ -137,9 +137,9 @@ fn p99_fires_and_resolves_exactly_once() {
     let mut now = 0;
     // 2% of requests at 400ms pushes p99 over 100ms; 0.5% keeps it under.
     let fast =
-        |i: usize| event(json!({"latency_ms": if i % 200 == 0 { 400 } else { 40 + (i % 50) }}));
+        |i: usize| event(json!({"latency_ms": if i.is_multiple_of(200) { 400 } else { 40 + (i % 50) }}));
     let slow =
-        |i: usize| event(json!({"latency_ms": if i % 50 == 0 { 400 } else { 40 + (i % 50) }}));
+        |i: usize| event(json!({"latency_ms": if i.is_multiple_of(50) { 400 } else { 40 + (i % 50) }}));
     assert!(run(&r, &mut now, 300, 100, &fast).is_empty());
     let fired = run(&r, &mut now, 300, 100, &slow);
     assert_eq!(fired.len(), 1, "{fired:?}");

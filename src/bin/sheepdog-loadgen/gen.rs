@@ -195,7 +195,7 @@ impl EventGen {
             ua_pick: Weighted::zipf(user_agents.len(), 0.9),
             user_agents,
             clock_us: Utc::now().timestamp_micros() - 3_600_000_000,
-            ip_seed: cfg.seed.rotate_left(17) ^ 0x5eed_1b5,
+            ip_seed: cfg.seed.rotate_left(17) ^ 0x05ee_d1b5,
         }
     }
 

@@ -59,11 +59,14 @@ pub fn split_item(item: &[u8]) -> ItemParts<'_> {
     ItemParts { index, document }
 }
 
+/// Bulk action lines already rendered, one per day number (`days since the epoch`, line).
+type DayNames = Vec<(i64, Arc<[u8]>)>;
+
 /// Turns events into bulk items for one index template.
 pub struct Encoder {
     index: Template,
     /// `Some` when the index name depends only on the event day.
-    days: Option<ArcSwap<Vec<(i64, Arc<[u8]>)>>>,
+    days: Option<ArcSwap<DayNames>>,
     day_renders: AtomicU64,
 }
 
@@ -97,7 +100,7 @@ impl Encoder {
                         Some((_, line)) => line.clone(),
                         None => {
                             let line = self.render_day(day);
-                            let mut next: Vec<(i64, Arc<[u8]>)> = Vec::with_capacity(CACHED_DAYS);
+                            let mut next: DayNames = Vec::with_capacity(CACHED_DAYS);
                             next.push((day, line.clone()));
                             next.extend(cache.iter().take(CACHED_DAYS - 1).cloned());
                             let next = Arc::new(next);
