@@ -21,7 +21,7 @@ pub(super) fn eval(expr: &Expr, event: &Event) -> bool {
         Expr::Compare(l, op, r) => compare(resolve(l, event), *op, resolve(r, event)),
         Expr::In(needle, haystack) => contains(resolve(needle, event), resolve(haystack, event)),
         Expr::Match(op, re) => match resolve(op, event) {
-            Resolved::Value(Value::String(s)) => re.is_match(s),
+            Resolved::Value(Value::String(s)) => re.0.is_match(s),
             _ => false,
         },
     }

@@ -2,11 +2,13 @@
 //! `[status] == "success" or [status_code] == 200`, `"error" in [tags]`, `![cost_usd]`,
 //! `exists [a][b]`, `[model] in ["gpt-4.1", "x"]`, `[message] =~ /^\{/`, `and`/`or`/`not`, parentheses.
 //! Compiled once at start-up; regexes are compiled then too. The source is split into tokens
-//! (`lexer`), parsed into a tree (`parser`) and the tree is evaluated per event (`eval`).
+//! (`lexer`), parsed into a tree (`parser`) and the tree is evaluated per event (`eval`); `print`
+//! writes a tree back as canonical source.
 
 mod eval;
 mod lexer;
 mod parser;
+mod print;
 #[cfg(test)]
 mod tests;
 
@@ -14,11 +16,18 @@ use crate::event::{Event, FieldPath};
 use regex::Regex;
 use serde_json::Value;
 
-/// A compiled condition.
+/// A compiled condition. `Display` prints it in canonical form, which compiles to an equal
+/// condition; two conditions are equal when their trees are, however the sources were spelled.
 #[derive(Debug, Clone)]
 pub struct Condition {
     source: String,
     expr: Expr,
+}
+
+impl PartialEq for Condition {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr
+    }
 }
 
 /// Why a condition did not compile; `offset` is the byte position in the source.
@@ -38,7 +47,7 @@ impl ConditionError {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Expr {
     Or(Vec<Expr>),
     And(Vec<Expr>),
@@ -47,7 +56,17 @@ enum Expr {
     Truthy(Operand),
     Compare(Operand, CmpOp, Operand),
     In(Operand, Operand),
-    Match(Operand, Regex),
+    Match(Operand, Pattern),
+}
+
+/// A compiled regex, equal to another when their patterns are the same text.
+#[derive(Debug, Clone)]
+struct Pattern(Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -60,7 +79,7 @@ enum CmpOp {
     Ge,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Operand {
     Field(FieldPath),
     Literal(Value),

@@ -2,7 +2,7 @@
 //! then `and`, then `not`, then one comparison, `in` or regex match between two operands.
 
 use super::lexer::{tokenize, Token};
-use super::{CmpOp, ConditionError, Expr, Operand};
+use super::{CmpOp, ConditionError, Expr, Operand, Pattern};
 use regex::Regex;
 use serde_json::Value;
 
@@ -128,7 +128,7 @@ impl Parser {
                 let re = Regex::new(&pattern)
                     .map_err(|e| self.error(format!("bad regex /{pattern}/: {e}")))?;
                 self.pos += 1;
-                let m = Expr::Match(left, re);
+                let m = Expr::Match(left, Pattern(re));
                 Ok(if op == "!~" {
                     Expr::Not(Box::new(m))
                 } else {

@@ -73,3 +73,23 @@ fn errors_point_at_the_problem() {
     assert!(Condition::compile("\"x").is_err());
     assert!(Condition::compile("[a] = 1").is_err());
 }
+
+#[test]
+fn printed_conditions_compile_to_the_same_tree() {
+    for (source, printed) in [
+        (
+            "![cost_usd] && [total_tokens]",
+            "not [cost_usd] and [total_tokens]",
+        ),
+        ("([a] || [b]) || [c]", "([a] or [b]) or [c]"),
+        ("not ([a] and [b])", "not ([a] and [b])"),
+        ("[s] not in ['x', 2]", r#"[s] not in ["x", 2]"#),
+        (r"[p] =~ /^\/v1/", r"[p] =~ /^\/v1/"),
+        ("not [s] =~ /x/", "[s] !~ /x/"),
+        ("[s] == 'a\"b\\\\'", r#"[s] == "a\"b\\""#),
+    ] {
+        let condition = Condition::compile(source).unwrap();
+        assert_eq!(condition.to_string(), printed);
+        assert_eq!(Condition::compile(printed).unwrap(), condition);
+    }
+}
