@@ -213,6 +213,13 @@ impl Lexer<'_> {
         let n: f64 = raw
             .parse()
             .map_err(|_| ConditionError::new(start, format!("bad number `{raw}`")))?;
+        // JSON has no infinity: a number past the range of a double would become null.
+        if !n.is_finite() {
+            return Err(ConditionError::new(
+                start,
+                format!("number `{raw}` is too large"),
+            ));
+        }
         self.pos = end;
         Ok(Token::Num(n, raw.to_string()))
     }

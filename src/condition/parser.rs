@@ -208,6 +208,7 @@ impl Parser {
     }
 }
 
+/// A number token's value: an integer when it is written as one, otherwise a double.
 fn number_value(n: f64, raw: &str) -> Value {
     if let Ok(i) = raw.parse::<i64>() {
         return Value::from(i);
