@@ -3,7 +3,8 @@
 //! the queue through the workers and lets the outputs flush, all within the deadline.
 
 use crate::condition::Condition;
-use crate::config::{PathSeg, PipelineConfig, Problem};
+use crate::config::problem::{PathSeg, Problem};
+use crate::config::PipelineConfig;
 use crate::filters::FilterStage;
 use crate::outputs::Output;
 use crate::queue::{self, QueueReceiver};

@@ -7,7 +7,9 @@ pub mod clock;
 pub mod rule;
 
 use crate::condition::Condition;
-use crate::config::{de, did_you_mean, PathSeg, PipelineConfig, Problem};
+use crate::config::de;
+use crate::config::problem::{did_you_mean, PathSeg, Problem};
+use crate::config::PipelineConfig;
 use crate::event::{format_timestamp_ms, Event};
 use crate::outputs::email::mailer::{self, DeliveryPolicy, Mail, MailQueue};
 use crate::outputs::{BoxFuture, Output, OutputConfig, Started};
@@ -118,7 +120,7 @@ fn compile(pipeline: &PipelineConfig) -> Result<(Option<Compiled>, Vec<Problem>)
     };
     let root = vec![PathSeg::Key("alerts".into())];
     let mut problems = Vec::new();
-    let Some(config) = crate::config::deserialize_at::<Config>(value, &root, &mut problems) else {
+    let Some(config) = de::deserialize_at::<Config>(value, &root, &mut problems) else {
         return Err(problems);
     };
     if !config.mail.is_empty() {

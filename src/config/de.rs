@@ -1,11 +1,80 @@
-//! Serde helpers for values that operators write as strings (often from `${VAR}`):
-//! durations (`"5s"`, `"250ms"`, `"5m"`), byte sizes (`"10MiB"`), numbers and booleans given as
-//! strings, and lists given as comma-separated strings.
+//! Deserializing one part of the pipeline file into its config type ([`deserialize_at`], which
+//! turns a serde error into a located [`Problem`]), and serde helpers for values that operators
+//! write as strings (often from `${VAR}`): durations (`"5s"`, `"250ms"`, `"5m"`), byte sizes
+//! (`"10MiB"`), numbers and booleans given as strings, and lists given as comma-separated strings.
 
-use serde::de::{self, Deserializer};
+use super::problem::{did_you_mean, PathSeg, Problem};
+use serde::de::{self, DeserializeOwned, Deserializer};
 use serde::Deserialize;
 use std::str::FromStr;
 use std::time::Duration;
+
+/// Deserializes `value` into `T`, recording a located problem (with the exact key path) on failure.
+pub fn deserialize_at<T: DeserializeOwned>(
+    value: toml::Value,
+    prefix: &[PathSeg],
+    problems: &mut Vec<Problem>,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(err) => {
+            let mut path = prefix.to_vec();
+            for seg in err.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Seq { index } => {
+                        path.push(PathSeg::Index(*index))
+                    }
+                    serde_path_to_error::Segment::Map { key } => {
+                        path.push(PathSeg::Key(key.clone()))
+                    }
+                    serde_path_to_error::Segment::Enum { variant } => {
+                        path.push(PathSeg::Key(variant.clone()))
+                    }
+                    serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            let message = err.inner().to_string();
+            let mut problem = Problem::at_path(path.clone(), message.clone());
+            if let Some(field) = unknown_field_name(&message) {
+                if path.last() != Some(&PathSeg::Key(field.to_string())) {
+                    path.push(PathSeg::Key(field.to_string()));
+                }
+                problem.path = path;
+                problem.message = format!("unknown key `{field}`");
+                let expected = expected_fields(&message);
+                let expected_refs: Vec<&str> = expected.iter().map(String::as_str).collect();
+                problem.hint = Some(match did_you_mean(field, &expected_refs) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None if !expected.is_empty() => {
+                        format!("valid keys here: {}", expected.join(", "))
+                    }
+                    None => "remove it".to_string(),
+                });
+            } else if message.starts_with("missing field") {
+                problem.hint = Some("add this key".into());
+            }
+            problems.push(problem);
+            None
+        }
+    }
+}
+
+fn unknown_field_name(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(&rest[..rest.find('`')?])
+}
+
+fn expected_fields(message: &str) -> Vec<String> {
+    let Some(idx) = message.find("expected ") else {
+        return Vec::new();
+    };
+    message[idx..]
+        .split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s.to_string())
+        .collect()
+}
 
 #[derive(Deserialize)]
 #[serde(untagged)]

@@ -1,15 +1,16 @@
 //! The pipeline TOML: loading, `${VAR}` substitution, structure (unknown keys are errors) and
 //! locating every problem at file:line:column in one pass. Component configs live beside their
-//! components (`inputs/`, `filters/`, `outputs/`); this module only dispatches on `type`.
+//! components (`inputs/`, `filters/`, `outputs/`); this module only dispatches on `type`, and
+//! components import only its leaf modules `de` and `problem`, never this one.
 
 pub mod de;
 pub mod env;
 pub mod problem;
 
-pub use problem::{did_you_mean, PathSeg, Problem, Severity};
+use de::deserialize_at;
+use problem::{did_you_mean, PathSeg, Problem};
 
 use crate::{filters::FilterConfig, inputs::InputConfig, outputs::OutputConfig};
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -362,73 +363,6 @@ pub fn parse_partial(
     let mut located: Vec<LocatedProblem> = problems.into_iter().map(|p| source.locate(p)).collect();
     located.sort_by_key(|p| (p.line, p.column));
     Ok((config, located))
-}
-
-/// Deserializes `value` into `T`, recording a located problem (with the exact key path) on failure.
-pub fn deserialize_at<T: DeserializeOwned>(
-    value: toml::Value,
-    prefix: &[PathSeg],
-    problems: &mut Vec<Problem>,
-) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(err) => {
-            let mut path = prefix.to_vec();
-            for seg in err.path().iter() {
-                match seg {
-                    serde_path_to_error::Segment::Seq { index } => {
-                        path.push(PathSeg::Index(*index))
-                    }
-                    serde_path_to_error::Segment::Map { key } => {
-                        path.push(PathSeg::Key(key.clone()))
-                    }
-                    serde_path_to_error::Segment::Enum { variant } => {
-                        path.push(PathSeg::Key(variant.clone()))
-                    }
-                    serde_path_to_error::Segment::Unknown => {}
-                }
-            }
-            let message = err.inner().to_string();
-            let mut problem = Problem::at_path(path.clone(), message.clone());
-            if let Some(field) = unknown_field_name(&message) {
-                if path.last() != Some(&PathSeg::Key(field.to_string())) {
-                    path.push(PathSeg::Key(field.to_string()));
-                }
-                problem.path = path;
-                problem.message = format!("unknown key `{field}`");
-                let expected = expected_fields(&message);
-                let expected_refs: Vec<&str> = expected.iter().map(String::as_str).collect();
-                problem.hint = Some(match did_you_mean(field, &expected_refs) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None if !expected.is_empty() => {
-                        format!("valid keys here: {}", expected.join(", "))
-                    }
-                    None => "remove it".to_string(),
-                });
-            } else if message.starts_with("missing field") {
-                problem.hint = Some("add this key".into());
-            }
-            problems.push(problem);
-            None
-        }
-    }
-}
-
-fn unknown_field_name(message: &str) -> Option<&str> {
-    let rest = message.strip_prefix("unknown field `")?;
-    Some(&rest[..rest.find('`')?])
-}
-
-fn expected_fields(message: &str) -> Vec<String> {
-    let Some(idx) = message.find("expected ") else {
-        return Vec::new();
-    };
-    message[idx..]
-        .split('`')
-        .enumerate()
-        .filter(|(i, _)| i % 2 == 1)
-        .map(|(_, s)| s.to_string())
-        .collect()
 }
 
 type StageParser<T> = fn(&str, toml::Value, &[PathSeg], &mut Vec<Problem>) -> Option<T>;

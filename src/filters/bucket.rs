@@ -3,7 +3,7 @@
 //! strings are accepted; a value that is not a number tags the event `_bucketfailure`.
 
 use super::{parse_path, Filter};
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::event::{Event, FieldPath};
 use serde::Deserialize;
 use serde_json::Value;

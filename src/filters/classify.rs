@@ -4,7 +4,7 @@
 
 use super::{parse_path, Filter};
 use crate::condition::Condition;
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::event::{Event, FieldPath};
 use serde::Deserialize;
 use serde_json::Value;
@@ -69,9 +69,9 @@ impl Config {
                 Err(e) => problems.push(
                     Problem::at_path(
                         vec![
-                            crate::config::PathSeg::Key("rules".into()),
-                            crate::config::PathSeg::Index(i),
-                            crate::config::PathSeg::Key("when".into()),
+                            crate::config::problem::PathSeg::Key("rules".into()),
+                            crate::config::problem::PathSeg::Index(i),
+                            crate::config::problem::PathSeg::Key("when".into()),
                         ],
                         format!("bad condition `{}`: {e}", rule.when),
                     )

@@ -4,7 +4,7 @@
 //! counts that are not numbers tag the event `_costfailure`.
 
 use super::{parse_path, Filter};
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::event::{Event, FieldPath};
 use serde::Deserialize;
 use serde_json::Value;
@@ -307,7 +307,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             errs[0].path[0],
-            crate::config::PathSeg::Key("default_price".into())
+            crate::config::problem::PathSeg::Key("default_price".into())
         );
     }
 }

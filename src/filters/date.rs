@@ -4,7 +4,7 @@
 //! accepts tags the event `_dateparsefailure` and leaves `@timestamp` at the time of receipt.
 
 use super::{parse_path, Filter};
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::event::{parse_timestamp_ms, Event, FieldPath};
 use serde::Deserialize;
 use serde_json::Value;

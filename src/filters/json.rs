@@ -2,7 +2,7 @@
 //! when no target is given. Invalid JSON tags the event `_jsonparsefailure` and leaves it as is.
 
 use super::{parse_path, Filter};
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::event::{Event, FieldPath};
 use serde::Deserialize;
 use serde_json::Value;
@@ -153,7 +153,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             errs[0].path[0],
-            crate::config::PathSeg::Key("source".into())
+            crate::config::problem::PathSeg::Key("source".into())
         );
     }
 }

@@ -12,7 +12,7 @@ pub mod mutate;
 pub mod useragent;
 
 use crate::condition::Condition;
-use crate::config::{PathSeg, Problem};
+use crate::config::problem::{PathSeg, Problem};
 use crate::event::Event;
 use crate::metrics::Counter;
 use crate::BuildContext;
@@ -61,7 +61,7 @@ impl FilterConfig {
         path: &[PathSeg],
         problems: &mut Vec<Problem>,
     ) -> Option<Self> {
-        use crate::config::deserialize_at as de;
+        use crate::config::de::deserialize_at as de;
         Some(match kind {
             "json" => FilterConfig::Json(de(value, path, problems)?),
             "cost" => FilterConfig::Cost(de(value, path, problems)?),

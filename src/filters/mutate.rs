@@ -4,7 +4,7 @@
 //! value into an array: it leaves an existing field alone (use `replace` to overwrite).
 
 use super::{parse_path, parse_template, Filter};
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::event::{Event, FieldPath};
 use crate::template::Template;
 use serde::Deserialize;

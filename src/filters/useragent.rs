@@ -5,7 +5,8 @@
 
 use super::cache::ShardedCache;
 use super::{parse_path, Filter};
-use crate::config::{de, PathSeg, Problem};
+use crate::config::de;
+use crate::config::problem::{PathSeg, Problem};
 use crate::event::{Event, FieldPath, SharedValue};
 use regex::Regex;
 use serde::Deserialize;

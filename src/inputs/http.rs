@@ -5,7 +5,8 @@
 //! full for `queue_wait`, 401 when authentication is configured and fails, 503 while shutting down.
 
 use super::check_address;
-use crate::config::{de, Problem};
+use crate::config::de;
+use crate::config::problem::Problem;
 use crate::event::{now_ms, Event, Fields, Receipt};
 use crate::metrics::Counter;
 use crate::queue::{QueueError, QueueSender};

@@ -4,7 +4,7 @@
 pub mod beats;
 pub mod http;
 
-use crate::config::{PathSeg, Problem};
+use crate::config::problem::{PathSeg, Problem};
 use crate::queue::QueueSender;
 use crate::BuildContext;
 use tokio::task::JoinHandle;
@@ -25,7 +25,7 @@ impl InputConfig {
         path: &[PathSeg],
         problems: &mut Vec<Problem>,
     ) -> Option<Self> {
-        use crate::config::deserialize_at as de;
+        use crate::config::de::deserialize_at as de;
         Some(match kind {
             "http" => InputConfig::Http(de(value, path, problems)?),
             "beats" => InputConfig::Beats(de(value, path, problems)?),

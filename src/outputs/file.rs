@@ -2,7 +2,7 @@
 //! the json_lines codec). Writes are batched per submit and flushed once the queue is empty.
 
 use super::{BoxFuture, Output, Started};
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::event::Event;
 use crate::BuildContext;
 use anyhow::Context;

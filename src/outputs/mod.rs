@@ -7,7 +7,7 @@ pub mod email;
 pub mod file;
 pub mod stdout;
 
-use crate::config::{PathSeg, Problem};
+use crate::config::problem::{PathSeg, Problem};
 use crate::event::Event;
 use crate::BuildContext;
 use std::future::Future;
@@ -47,7 +47,7 @@ impl OutputConfig {
         path: &[PathSeg],
         problems: &mut Vec<Problem>,
     ) -> Option<Self> {
-        use crate::config::deserialize_at as de;
+        use crate::config::de::deserialize_at as de;
         Some(match kind {
             "elasticsearch" => OutputConfig::Elasticsearch(de(value, path, problems)?),
             "stdout" => OutputConfig::Stdout(de(value, path, problems)?),

@@ -2,7 +2,7 @@
 //! like Logstash's `stdout { codec => json_lines }`).
 
 use super::{BoxFuture, Output, Started};
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use crate::event::Event;
 use crate::BuildContext;
 use serde::Deserialize;

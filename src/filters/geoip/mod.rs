@@ -13,7 +13,8 @@ pub use database::{open, Kind, Loaded, OpenError, Registry, WatchedDb};
 
 use super::cache::ShardedCache;
 use super::{parse_path, Filter};
-use crate::config::{de, did_you_mean, Problem};
+use crate::config::de;
+use crate::config::problem::{did_you_mean, Problem};
 use crate::event::{Event, FieldPath, SharedValue};
 use crate::health::{HealthHandle, Status};
 use crate::{BuildContext, Verify};

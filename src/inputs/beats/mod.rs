@@ -12,7 +12,8 @@
 pub mod codec;
 pub mod tls;
 
-use crate::config::{de, Problem};
+use crate::config::de;
+use crate::config::problem::Problem;
 use crate::event::{now_ms, Event, Fields, Receipt, SharedValue};
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::queue::QueueSender;

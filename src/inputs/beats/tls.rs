@@ -2,7 +2,7 @@
 //! required client certificates checked against `ssl_certificate_authorities`, TLS 1.2 and
 //! 1.3 with the ring provider. Every problem names the setting and the file.
 
-use crate::config::Problem;
+use crate::config::problem::Problem;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -10,7 +10,8 @@ mod sink;
 mod template;
 
 use super::{BoxFuture, Output, Started};
-use crate::config::{de, Problem};
+use crate::config::de;
+use crate::config::problem::Problem;
 use crate::event::Event;
 use crate::template::Template;
 use crate::BuildContext;

@@ -9,7 +9,8 @@ pub mod throttle;
 
 use super::{BoxFuture, Output, Started};
 use crate::alerts::clock::{self, Clock};
-use crate::config::{de, Problem};
+use crate::config::de;
+use crate::config::problem::Problem;
 use crate::event::{format_timestamp_ms, Event, FieldPath};
 use crate::health::Status;
 use crate::metrics::Counter;
