@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod alloc;
 pub mod api;
+pub mod clock;
 pub mod condition;
 pub mod config;
 pub mod event;

@@ -3,9 +3,9 @@
 //! evaluated by their own task; a rule mails once when it starts firing and once when it
 //! resolves, through the SMTP settings and recipients of a named `email` output.
 
-pub mod clock;
 pub mod rule;
 
+use crate::clock::{self, Clock};
 use crate::condition::Condition;
 use crate::config::de;
 use crate::config::problem::{did_you_mean, PathSeg, Problem};
@@ -14,7 +14,6 @@ use crate::event::{format_timestamp_ms, Event};
 use crate::outputs::email::mailer::{self, DeliveryPolicy, Mail, MailQueue};
 use crate::outputs::{BoxFuture, Output, OutputConfig, Started};
 use crate::BuildContext;
-use clock::Clock;
 use rule::{format_value, parse_expr, Rule, Transition};
 use serde::Deserialize;
 use std::fmt::Write as _;

@@ -4,7 +4,7 @@
 //! Transient failures (connection errors, timeouts, 4xx replies) are retried with backoff;
 //! permanent ones (5xx) are logged with the server's reply.
 
-use crate::alerts::clock::Clock;
+use crate::clock::Clock;
 use crate::health::{HealthHandle, Status};
 use crate::metrics::Counter;
 use anyhow::Context;

@@ -8,7 +8,7 @@ pub mod mailer;
 pub mod throttle;
 
 use super::{BoxFuture, Output, Started};
-use crate::alerts::clock::{self, Clock};
+use crate::clock::{self, Clock};
 use crate::config::de;
 use crate::config::problem::Problem;
 use crate::event::{format_timestamp_ms, Event, FieldPath};
