@@ -136,10 +136,12 @@ fn p99_fires_and_resolves_exactly_once() {
     let r = rule("p99(latency_ms) > 100", 300_000, 1);
     let mut now = 0;
     // 2% of requests at 400ms pushes p99 over 100ms; 0.5% keeps it under.
-    let fast =
-        |i: usize| event(json!({"latency_ms": if i.is_multiple_of(200) { 400 } else { 40 + (i % 50) }}));
-    let slow =
-        |i: usize| event(json!({"latency_ms": if i.is_multiple_of(50) { 400 } else { 40 + (i % 50) }}));
+    let fast = |i: usize| {
+        event(json!({"latency_ms": if i.is_multiple_of(200) { 400 } else { 40 + (i % 50) }}))
+    };
+    let slow = |i: usize| {
+        event(json!({"latency_ms": if i.is_multiple_of(50) { 400 } else { 40 + (i % 50) }}))
+    };
     assert!(run(&r, &mut now, 300, 100, &fast).is_empty());
     let fired = run(&r, &mut now, 300, 100, &slow);
     assert_eq!(fired.len(), 1, "{fired:?}");
