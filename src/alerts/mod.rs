@@ -11,7 +11,7 @@ use crate::config::de;
 use crate::config::problem::{did_you_mean, PathSeg, Problem};
 use crate::config::PipelineConfig;
 use crate::event::{format_timestamp_ms, Event};
-use crate::outputs::email::mailer::{self, DeliveryPolicy, Mail, MailQueue};
+use crate::outputs::email::{Mail, MailHandle};
 use crate::outputs::{BoxFuture, Output, OutputConfig, Started};
 use crate::BuildContext;
 use rule::{format_value, parse_expr, Rule, Transition};
@@ -351,7 +351,7 @@ fn start_mail(
     config: &Config,
     ctx: &BuildContext,
     clock: Arc<dyn Clock>,
-) -> anyhow::Result<Option<(MailQueue, tokio::task::JoinHandle<()>)>> {
+) -> anyhow::Result<Option<(MailHandle, tokio::task::JoinHandle<()>)>> {
     if config.mail.is_empty() {
         tracing::info!("alert rules have no `mail` output: transitions are logged only");
         return Ok(None);
@@ -363,34 +363,16 @@ fn start_mail(
     let Some(email) = email else {
         anyhow::bail!("alerts.mail: no email output `{}`", config.mail);
     };
-    let (smtp, recipients) = email.mail_parts().map_err(|problems| {
+    let settings = email.mail_settings().map_err(|problems| {
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         anyhow::anyhow!("alerts.mail `{}`: {}", config.mail, text.join("; "))
     })?;
-    let Some(recipients) = recipients else {
+    let Some(settings) = settings else {
         tracing::warn!("alert rule mail off: the `{}` output has no recipients (ALERT_TO is empty); transitions are logged only", config.mail);
         return Ok(None);
     };
-    let started = mailer::start(
-        mailer::MailerSpec {
-            id: "alerts".into(),
-            smtp,
-            recipients,
-            policy: DeliveryPolicy {
-                queue_size: 100,
-                max_attempts: email.max_attempts.max(1),
-                backoff: email.retry_backoff,
-                max_backoff: email.retry_max_backoff.max(email.retry_backoff),
-                // Rule mail is edge-triggered (one per start and end), so it is not capped.
-                max_per_hour: None,
-            },
-            health: ctx.health.register("alerts mail"),
-            clock,
-            shutdown: ctx.shutdown.clone(),
-        },
-        &ctx.metrics,
-    )?;
-    Ok(Some(started))
+    let health = ctx.health.register("alerts mail");
+    Ok(Some(settings.start("alerts", health, ctx, clock)?))
 }
 
 /// Feeds every event after the filters to the rules.
@@ -416,7 +398,7 @@ impl Output for AlertSink {
 struct Evaluator {
     engine: Arc<Engine>,
     clock: Arc<dyn Clock>,
-    queue: Option<MailQueue>,
+    queue: Option<MailHandle>,
     prefix: String,
     firing: Vec<crate::metrics::Gauge>,
     transitions: Vec<crate::metrics::Counter>,

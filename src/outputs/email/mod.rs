@@ -17,7 +17,8 @@ use crate::metrics::Counter;
 use crate::template::Template;
 use crate::BuildContext;
 use lettre::message::Mailbox;
-use mailer::{DeliveryPolicy, Mail, MailQueue, Recipients, SmtpSettings, TlsMode};
+pub use mailer::Mail;
+use mailer::{DeliveryPolicy, MailQueue, Recipients, SmtpSettings, TlsMode};
 use serde::Deserialize;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -138,6 +139,59 @@ impl Default for Config {
     }
 }
 
+/// An email output's server, sender, recipients and retry settings, for mail that another
+/// component (the alert rules) sends on a mailer of its own.
+pub struct MailSettings {
+    smtp: SmtpSettings,
+    recipients: Recipients,
+    max_attempts: u32,
+    backoff: Duration,
+    max_backoff: Duration,
+}
+
+impl MailSettings {
+    /// Starts the mailer, named `id` in metrics and reporting to `health`. Its queue holds 100
+    /// mails and it has no hourly cap: mail handed in this way is edge-triggered (alert rules
+    /// mail once when they start firing and once when they resolve).
+    pub fn start(
+        self,
+        id: &str,
+        health: crate::health::HealthHandle,
+        ctx: &BuildContext,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<(MailHandle, tokio::task::JoinHandle<()>)> {
+        let (queue, task) = mailer::start(
+            mailer::MailerSpec {
+                id: id.into(),
+                smtp: self.smtp,
+                recipients: self.recipients,
+                policy: DeliveryPolicy {
+                    queue_size: 100,
+                    max_attempts: self.max_attempts,
+                    backoff: self.backoff,
+                    max_backoff: self.max_backoff,
+                    max_per_hour: None,
+                },
+                health,
+                clock,
+                shutdown: ctx.shutdown.clone(),
+            },
+            &ctx.metrics,
+        )?;
+        Ok((MailHandle(queue), task))
+    }
+}
+
+/// Where another component hands its mail to a mailer started from [`MailSettings`].
+pub struct MailHandle(MailQueue);
+
+impl MailHandle {
+    /// Queues `mail` without waiting; a full queue drops it and counts the drop.
+    pub fn offer(&self, mail: Mail) {
+        self.0.offer(mail);
+    }
+}
+
 /// The reason shown in `/health` when there are no recipients.
 pub const MAIL_OFF: &str = "alert mail off: ALERT_TO is empty";
 
@@ -226,8 +280,8 @@ fn compile_text(key: &str, source: &str, problems: &mut Vec<Problem>) -> Option<
 }
 
 impl Config {
-    /// SMTP settings and recipients (`None` recipients: mail is off). Also used by `[alerts]`.
-    pub(crate) fn mail_parts(&self) -> Result<(SmtpSettings, Option<Recipients>), Vec<Problem>> {
+    /// SMTP settings and recipients (`None` recipients: mail is off).
+    fn mail_parts(&self) -> Result<(SmtpSettings, Option<Recipients>), Vec<Problem>> {
         let mut problems = Vec::new();
         let from = parse_mailbox("from", &self.from, &mut problems);
         let to: Vec<Mailbox> = self
@@ -332,6 +386,19 @@ impl Config {
             },
             recipients,
         ))
+    }
+
+    /// This output's settings for mail another component sends; `None`: no recipients, so
+    /// mail is off.
+    pub fn mail_settings(&self) -> Result<Option<MailSettings>, Vec<Problem>> {
+        let (smtp, recipients) = self.mail_parts()?;
+        Ok(recipients.map(|recipients| MailSettings {
+            smtp,
+            recipients,
+            max_attempts: self.max_attempts.max(1),
+            backoff: self.retry_backoff,
+            max_backoff: self.retry_max_backoff.max(self.retry_backoff),
+        }))
     }
 
     fn compile(&self) -> Result<(Compiled, Vec<Problem>), Vec<Problem>> {
