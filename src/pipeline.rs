@@ -6,7 +6,7 @@ use crate::condition::Condition;
 use crate::config::problem::{PathSeg, Problem};
 use crate::config::PipelineConfig;
 use crate::filters::FilterStage;
-use crate::outputs::Output;
+use crate::outputs::{Output, OutputConfig};
 use crate::queue::{self, QueueReceiver};
 use crate::BuildContext;
 use anyhow::Context;
@@ -104,7 +104,9 @@ fn validate_and_build(
         );
     }
     // [alerts] (windowed rules)
-    problems.extend(crate::alerts::validate(config, ctx));
+    if let Some(input) = alert_input(config) {
+        problems.extend(crate::alerts::validate(&input));
+    }
     if config.pipeline.batch_size == 0 {
         problems.push(Problem::at("pipeline.batch_size", "must be at least 1"));
     }
@@ -118,6 +120,21 @@ fn validate_and_build(
         ));
     }
     (problems, stages)
+}
+
+/// What the alert rules read from the pipeline file; `None` without `[alerts]`.
+pub fn alert_input(config: &PipelineConfig) -> Option<crate::alerts::Input<'_>> {
+    Some(crate::alerts::Input {
+        table: config.alerts.as_ref()?,
+        email_outputs: config
+            .outputs
+            .iter()
+            .filter_map(|s| match &s.config {
+                OutputConfig::Email(c) => Some((s.id.as_str(), c)),
+                _ => None,
+            })
+            .collect(),
+    })
 }
 
 fn worker_count(configured: usize) -> usize {
@@ -198,7 +215,11 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
         output_tasks.push((stage.id.clone(), started.task));
     }
     // [alerts]: the rules see every event after the filters, fed like an output without `when`.
-    if let Some(started) = crate::alerts::start(&config, &ctx)? {
+    let alerts = match alert_input(&config) {
+        Some(input) => crate::alerts::start(&input, &ctx)?,
+        None => None,
+    };
+    if let Some(started) = alerts {
         output_slots.push(OutputSlot {
             when: None,
             output: started.output,

@@ -9,10 +9,9 @@ use crate::clock::{self, Clock};
 use crate::condition::Condition;
 use crate::config::de;
 use crate::config::problem::{did_you_mean, PathSeg, Problem};
-use crate::config::PipelineConfig;
 use crate::event::{format_timestamp_ms, Event};
-use crate::outputs::email::{Mail, MailHandle};
-use crate::outputs::{BoxFuture, Output, OutputConfig, Started};
+use crate::outputs::email::{self, Mail, MailHandle};
+use crate::outputs::{BoxFuture, Output, Started};
 use crate::BuildContext;
 use rule::{format_value, parse_expr, Rule, Transition};
 use serde::Deserialize;
@@ -20,6 +19,14 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+/// What the rules read from the pipeline file.
+pub struct Input<'a> {
+    /// The `[alerts]` table as written.
+    pub table: &'a toml::Value,
+    /// The pipeline's `email` outputs by id, which `mail` may name.
+    pub email_outputs: Vec<(&'a str, &'a email::Config)>,
+}
 
 /// The `[alerts]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -113,22 +120,15 @@ struct Compiled {
     rules: Vec<Rule>,
 }
 
-fn compile(pipeline: &PipelineConfig) -> Result<(Option<Compiled>, Vec<Problem>), Vec<Problem>> {
-    let Some(value) = pipeline.alerts.clone() else {
-        return Ok((None, Vec::new()));
-    };
+fn compile(input: &Input) -> Result<(Compiled, Vec<Problem>), Vec<Problem>> {
     let root = vec![PathSeg::Key("alerts".into())];
     let mut problems = Vec::new();
-    let Some(config) = de::deserialize_at::<Config>(value, &root, &mut problems) else {
+    let Some(config) = de::deserialize_at::<Config>(input.table.clone(), &root, &mut problems)
+    else {
         return Err(problems);
     };
     if !config.mail.is_empty() {
-        let email_ids: Vec<&str> = pipeline
-            .outputs
-            .iter()
-            .filter(|s| matches!(s.config, OutputConfig::Email(_)))
-            .map(|s| s.id.as_str())
-            .collect();
+        let email_ids: Vec<&str> = input.email_outputs.iter().map(|(id, _)| *id).collect();
         if !email_ids.contains(&config.mail.as_str()) {
             let mut p = Problem::at_path(
                 at(&root, "mail"),
@@ -224,12 +224,12 @@ fn compile(pipeline: &PipelineConfig) -> Result<(Option<Compiled>, Vec<Problem>)
     if problems.iter().any(Problem::is_error) {
         return Err(problems);
     }
-    Ok((Some(Compiled { config, rules }), problems))
+    Ok((Compiled { config, rules }, problems))
 }
 
 /// Every problem in `[alerts]`, located under `alerts`.
-pub fn validate(pipeline: &PipelineConfig, _ctx: &BuildContext) -> Vec<Problem> {
-    match compile(pipeline) {
+pub fn validate(input: &Input) -> Vec<Problem> {
+    match compile(input) {
         Ok((_, warnings)) => warnings,
         Err(problems) => problems,
     }
@@ -256,32 +256,31 @@ impl Engine {
     }
 }
 
-/// Compiles `[alerts]` from a TOML string's pipeline (for tests and tools).
-pub fn engine(pipeline: &PipelineConfig) -> Result<Option<Engine>, Vec<Problem>> {
-    Ok(compile(pipeline)?.0.map(|c| Engine { rules: c.rules }))
+/// Compiles `[alerts]` (for tests and tools).
+pub fn engine(input: &Input) -> Result<Engine, Vec<Problem>> {
+    Ok(Engine {
+        rules: compile(input)?.0.rules,
+    })
 }
 
 /// Starts the rules when `[alerts]` has any: a sink for the workers and the evaluation task.
-pub fn start(pipeline: &PipelineConfig, ctx: &BuildContext) -> anyhow::Result<Option<Started>> {
-    start_with_clock(pipeline, ctx, clock::system())
+pub fn start(input: &Input, ctx: &BuildContext) -> anyhow::Result<Option<Started>> {
+    start_with_clock(input, ctx, clock::system())
 }
 
 pub fn start_with_clock(
-    pipeline: &PipelineConfig,
+    input: &Input,
     ctx: &BuildContext,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Option<Started>> {
-    let compiled = compile(pipeline).map_err(|problems| {
+    let (Compiled { config, rules }, _) = compile(input).map_err(|problems| {
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         anyhow::anyhow!("invalid [alerts]: {}", text.join("; "))
     })?;
-    let (Some(Compiled { config, rules }), _) = compiled else {
-        return Ok(None);
-    };
     if rules.is_empty() {
         return Ok(None);
     }
-    let mail = start_mail(pipeline, &config, ctx, clock.clone())?;
+    let mail = start_mail(input, &config, ctx, clock.clone())?;
     let (queue, mail_task) = match mail {
         Some((q, t)) => (Some(q), Some(t)),
         None => (None, None),
@@ -347,7 +346,7 @@ pub fn start_with_clock(
 }
 
 fn start_mail(
-    pipeline: &PipelineConfig,
+    input: &Input,
     config: &Config,
     ctx: &BuildContext,
     clock: Arc<dyn Clock>,
@@ -356,10 +355,10 @@ fn start_mail(
         tracing::info!("alert rules have no `mail` output: transitions are logged only");
         return Ok(None);
     }
-    let email = pipeline.outputs.iter().find_map(|s| match &s.config {
-        OutputConfig::Email(c) if s.id == config.mail => Some(c),
-        _ => None,
-    });
+    let email = input
+        .email_outputs
+        .iter()
+        .find_map(|(id, c)| (*id == config.mail).then_some(*c));
     let Some(email) = email else {
         anyhow::bail!("alerts.mail: no email output `{}`", config.mail);
     };

@@ -1,5 +1,5 @@
 use super::*;
-use crate::config::{self, Source};
+use crate::config::{self, PipelineConfig, Source};
 use serde_json::{json, Value};
 
 fn parse(toml: &str) -> PipelineConfig {
@@ -36,7 +36,8 @@ fn shipped_style_rules_validate() {
         "{BASE}\n[alerts]\nmail = \"alert_mail\"\n[[alerts.rules]]\nname = \"error_rate\"\nexpr = \"error_rate > 1%\"\nwindow = \"5m\"\nmin_events = \"200\"\n[[alerts.rules]]\nname = \"p99\"\nexpr = \"p99(latency_ms) > 100\"\nwindow = \"5m\"\nwhen = 'exists [latency_ms]'\n"
     );
     assert_eq!(problems(&toml), Vec::<String>::new());
-    let engine = engine(&parse(&toml)).unwrap().unwrap();
+    let cfg = parse(&toml);
+    let engine = engine(&crate::pipeline::alert_input(&cfg).unwrap()).unwrap();
     assert_eq!(engine.rules.len(), 2);
     assert_eq!(engine.rules[0].min_events, 200);
     assert_eq!(engine.rules[1].bucket_ms, 5_000);
@@ -83,7 +84,8 @@ fn rule_mail_states_value_and_threshold() {
     let toml = format!(
         "{BASE}\n[alerts]\n[[alerts.rules]]\nname = \"error_rate\"\nexpr = \"error_rate > 1%\"\nwindow = \"5m\"\nmin_events = 10\n"
     );
-    let engine = engine(&parse(&toml)).unwrap().unwrap();
+    let cfg = parse(&toml);
+    let engine = engine(&crate::pipeline::alert_input(&cfg).unwrap()).unwrap();
     let events: Vec<Event> = (0..100)
         .map(|i| {
             let Value::Object(m) = json!({"tags": [if i < 4 { "error" } else { "success" }]})
