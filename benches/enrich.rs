@@ -185,7 +185,7 @@ fn geoip_filter(cache_size: usize) -> geoip::GeoipFilter {
     let mut warnings = Vec::new();
     let f = toml::from_str::<geoip::Config>(&cfg)
         .unwrap()
-        .build("geoip", &ctx, &mut warnings)
+        .build("geoip", &ctx, &geoip::Registry::new(), &mut warnings)
         .unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     f

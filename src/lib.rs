@@ -32,8 +32,6 @@ pub struct BuildContext {
     pub health: Arc<health::HealthRegistry>,
     pub data_dir: PathBuf,
     pub shutdown: CancellationToken,
-    /// Verified GeoIP database files, shared by this pipeline's geoip stages.
-    pub geoip: Arc<filters::geoip::Registry>,
     /// When slow checks of data files (walking a GeoIP database) run.
     pub verify: Verify,
 }
@@ -56,7 +54,6 @@ impl BuildContext {
             health: health::HealthRegistry::new(),
             data_dir,
             shutdown,
-            geoip: filters::geoip::Registry::new(),
             verify: Verify::Now,
         }
     }

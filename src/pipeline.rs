@@ -5,7 +5,7 @@
 use crate::condition::Condition;
 use crate::config::problem::{PathSeg, Problem};
 use crate::config::PipelineConfig;
-use crate::filters::FilterStage;
+use crate::filters::{BuildState, FilterStage};
 use crate::outputs::{Output, OutputConfig};
 use crate::queue::{self, QueueReceiver};
 use crate::BuildContext;
@@ -57,11 +57,14 @@ fn build_filters_into(
     ctx: &BuildContext,
     problems: &mut Vec<Problem>,
 ) -> Vec<FilterStage> {
+    let state = BuildState::default();
     let mut stages = Vec::new();
     for stage in &config.filters {
         let when = compile_when(&stage.when, &stage.path, problems);
         let mut warnings = Vec::new();
-        let built = stage.config.build_reporting(&stage.id, ctx, &mut warnings);
+        let built = stage
+            .config
+            .build_reporting(&stage.id, ctx, &state, &mut warnings);
         problems.extend(warnings.into_iter().map(|p| p.prefixed(&stage.path)));
         match built {
             Ok(filter) => stages.push(FilterStage::new(stage.id.clone(), when, filter, ctx)),

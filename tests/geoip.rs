@@ -26,7 +26,7 @@ fn geoip_filter(toml_text: &str) -> geoip::GeoipFilter {
     let mut warnings = Vec::new();
     let f = toml::from_str::<geoip::Config>(toml_text)
         .unwrap()
-        .build("geoip", &ctx(), &mut warnings)
+        .build("geoip", &ctx(), &geoip::Registry::new(), &mut warnings)
         .unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
     f

@@ -16,6 +16,7 @@ use crate::config::problem::{PathSeg, Problem};
 use crate::event::Event;
 use crate::metrics::Counter;
 use crate::BuildContext;
+use std::sync::Arc;
 
 /// A filter's work on one event. Returns `false` when it failed on this event (and tagged it).
 pub trait Filter: Send + Sync {
@@ -41,6 +42,13 @@ pub const TYPES: &[&str] = &[
     "geoip",
     "useragent",
 ];
+
+/// What the stages of one filter chain share while it is built.
+#[derive(Default)]
+pub struct BuildState {
+    /// Verified GeoIP database files: a file used by several geoip stages is walked once.
+    geoip: Arc<geoip::Registry>,
+}
 
 #[derive(Debug, Clone)]
 pub enum FilterConfig {
@@ -75,9 +83,15 @@ impl FilterConfig {
         })
     }
 
-    /// Validates and compiles stage `id`. Problems carry paths relative to the stage.
-    pub fn build(&self, id: &str, ctx: &BuildContext) -> Result<Box<dyn Filter>, Vec<Problem>> {
-        self.build_reporting(id, ctx, &mut Vec::new())
+    /// Validates and compiles stage `id` of the chain that `state` belongs to. Problems carry
+    /// paths relative to the stage.
+    pub fn build(
+        &self,
+        id: &str,
+        ctx: &BuildContext,
+        state: &BuildState,
+    ) -> Result<Box<dyn Filter>, Vec<Problem>> {
+        self.build_reporting(id, ctx, state, &mut Vec::new())
     }
 
     /// Like [`FilterConfig::build`], also collecting warnings (a missing optional file) for a
@@ -86,6 +100,7 @@ impl FilterConfig {
         &self,
         id: &str,
         ctx: &BuildContext,
+        state: &BuildState,
         warnings: &mut Vec<Problem>,
     ) -> Result<Box<dyn Filter>, Vec<Problem>> {
         match self {
@@ -96,7 +111,7 @@ impl FilterConfig {
             FilterConfig::Classify(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Bucket(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Geoip(c) => c
-                .build(id, ctx, warnings)
+                .build(id, ctx, &state.geoip, warnings)
                 .map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Useragent(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
         }

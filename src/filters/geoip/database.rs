@@ -83,9 +83,8 @@ pub enum OpenError {
 }
 
 /// Verification results and generation numbers shared by the geoip stages of one pipeline
-/// (one [`crate::BuildContext`]), so the several builds of a configuration at start-up
-/// (validate, then run) walk an unchanged file once, and two pipelines in one process (or two
-/// tests) never see each other's files.
+/// (one [`crate::filters::BuildState`]), so stages that use the same file walk it once, and two
+/// pipelines in one process (or two tests) never see each other's files.
 #[derive(Debug, Default)]
 pub struct Registry {
     /// The latest verification per path, keyed by the file's identity. The cell is shared so a

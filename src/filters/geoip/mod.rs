@@ -208,11 +208,13 @@ impl Config {
     /// Compiles stage `id` and opens the databases: before returning with
     /// [`Verify::Now`], in a background task (see [`Filter::ready`]) with
     /// [`Verify::Background`]. A missing or broken City database is a warning: the stage still
-    /// runs (passing events through) and the watcher retries.
+    /// runs (passing events through) and the watcher retries. Stages built with one `registry`
+    /// (one pipeline's) walk each database file once between them.
     pub fn build(
         &self,
         id: &str,
         ctx: &BuildContext,
+        registry: &Arc<Registry>,
         warnings: &mut Vec<Problem>,
     ) -> Result<GeoipFilter, Vec<Problem>> {
         let mut problems = Vec::new();
@@ -265,7 +267,6 @@ impl Config {
             return Err(problems);
         }
 
-        let registry = ctx.geoip.clone();
         let (city, missing) = WatchedDb::new(
             PathBuf::from(self.database.trim()),
             Kind::City,
@@ -276,7 +277,8 @@ impl Config {
         }
         let asn = match self.asn_database.as_deref().map(str::trim) {
             Some(path) if !path.is_empty() => {
-                let (db, missing) = WatchedDb::new(PathBuf::from(path), Kind::Asn, registry);
+                let (db, missing) =
+                    WatchedDb::new(PathBuf::from(path), Kind::Asn, registry.clone());
                 if let Some(e) = &missing {
                     warnings.push(open_problem("asn_database", e, Kind::Asn));
                 }

@@ -20,7 +20,7 @@ fn build(extra: &str) -> (GeoipFilter, Vec<Problem>, BuildContext) {
     let mut warnings = Vec::new();
     let f = toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build("geoip", &ctx, &mut warnings)
+        .build("geoip", &ctx, &Registry::new(), &mut warnings)
         .unwrap();
     (f, warnings, ctx)
 }
@@ -136,7 +136,7 @@ fn field_selection() {
     let mut warnings = Vec::new();
     let errs = toml::from_str::<Config>(cfg)
         .unwrap()
-        .build("geoip", &ctx(), &mut warnings)
+        .build("geoip", &ctx(), &Registry::new(), &mut warnings)
         .err()
         .unwrap();
     assert_eq!(
@@ -154,7 +154,7 @@ fn missing_database_passes_events_through_and_degrades() {
     let cfg = format!("database = '{}'", path.display());
     let f = toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build("geoip", &ctx, &mut warnings)
+        .build("geoip", &ctx, &Registry::new(), &mut warnings)
         .unwrap();
     assert_eq!(warnings.len(), 1);
     let w = warnings[0].to_string();
@@ -192,7 +192,7 @@ fn corrupt_database_is_a_warning_with_the_reason() {
         let cfg = format!("database = '{}'", fixture(name));
         let f = toml::from_str::<Config>(&cfg)
             .unwrap()
-            .build("geoip", &ctx, &mut warnings)
+            .build("geoip", &ctx, &Registry::new(), &mut warnings)
             .unwrap();
         let w = warnings[0].to_string();
         assert!(w.contains("not a valid MaxMind database"), "{name}: {w}");
@@ -207,7 +207,7 @@ fn corrupt_database_is_a_warning_with_the_reason() {
     let cfg = format!("database = '{}'", fixture("GeoLite2-ASN-Test.mmdb"));
     toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build("geoip", &ctx(), &mut warnings)
+        .build("geoip", &ctx(), &Registry::new(), &mut warnings)
         .unwrap();
     assert!(warnings[0]
         .to_string()
@@ -223,7 +223,7 @@ fn replacement_swaps_and_broken_replacement_is_refused() {
     let cfg = format!("database = '{}'", path.display());
     let f = toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build("geoip", &ctx, &mut Vec::new())
+        .build("geoip", &ctx, &Registry::new(), &mut Vec::new())
         .unwrap();
     let city_of = |f: &GeoipFilter| {
         let mut e = event(json!("81.2.69.142"));
@@ -271,7 +271,7 @@ async fn watcher_follows_the_file_and_stops_on_shutdown() {
     let cfg = format!("database = '{}'\nreload_interval = '100ms'", path.display());
     let f = toml::from_str::<Config>(&cfg)
         .unwrap()
-        .build("geoip", &ctx, &mut Vec::new())
+        .build("geoip", &ctx, &Registry::new(), &mut Vec::new())
         .unwrap();
     assert_eq!(ctx.health.report().status, Status::Degraded);
     std::fs::copy(fixture("GeoLite2-City-Test.mmdb"), &path).unwrap();
@@ -290,11 +290,16 @@ async fn watcher_follows_the_file_and_stops_on_shutdown() {
     ctx.shutdown.cancel();
 }
 
-fn build_in(ctx: &BuildContext, id: &str, database: &str) -> (GeoipFilter, Vec<Problem>) {
+fn build_in(
+    ctx: &BuildContext,
+    registry: &Arc<Registry>,
+    id: &str,
+    database: &str,
+) -> (GeoipFilter, Vec<Problem>) {
     let mut warnings = Vec::new();
     let f = toml::from_str::<Config>(&format!("database = '{database}'"))
         .unwrap()
-        .build(id, ctx, &mut warnings)
+        .build(id, ctx, registry, &mut warnings)
         .unwrap();
     (f, warnings)
 }
@@ -304,7 +309,8 @@ async fn background_load_holds_readiness_until_verified() {
     let mut ctx = ctx();
     ctx.verify = crate::Verify::Background;
     let db = fixture("GeoLite2-City-Test.mmdb");
-    let (f, warnings) = build_in(&ctx, "geoip", &db);
+    let registry = Registry::new();
+    let (f, warnings) = build_in(&ctx, &registry, "geoip", &db);
     assert!(warnings.is_empty(), "{warnings:?}");
     // The loader has not run yet (this runtime runs one task at a time and we have not yielded).
     let ready = f.ready().expect("the database is still to be verified");
@@ -328,6 +334,7 @@ async fn background_load_holds_readiness_until_verified() {
     // A broken file: ready as well (the stage passes events through), health says why.
     let (f, warnings) = build_in(
         &ctx,
+        &registry,
         "broken",
         &fixture("MaxMind-DB-test-broken-pointers-24.mmdb"),
     );
@@ -361,8 +368,14 @@ fn each_stage_reports_its_own_health() {
     let ctx = ctx();
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("GeoLite2-Country.mmdb");
-    build_in(&ctx, "geoip", &fixture("GeoLite2-City-Test.mmdb"));
-    build_in(&ctx, "geoip_country", missing.to_str().unwrap());
+    let registry = Registry::new();
+    build_in(
+        &ctx,
+        &registry,
+        "geoip",
+        &fixture("GeoLite2-City-Test.mmdb"),
+    );
+    build_in(&ctx, &registry, "geoip_country", missing.to_str().unwrap());
     let report = ctx.health.report();
     let entries: Vec<(&str, Status)> = report
         .components
@@ -382,10 +395,11 @@ fn each_stage_reports_its_own_health() {
 fn pipelines_keep_their_own_database_state() {
     let db = fixture("GeoLite2-City-Test.mmdb");
     let generation = |f: &GeoipFilter| f.shared.city.current().as_ref().unwrap().generation;
-    let (a, b) = (ctx(), ctx());
-    let (a1, _) = build_in(&a, "geoip", &db);
-    let (a2, _) = build_in(&a, "geoip", &db);
-    let (b1, _) = build_in(&b, "geoip", &db);
+    let ctx = ctx();
+    let (a, b) = (Registry::new(), Registry::new());
+    let (a1, _) = build_in(&ctx, &a, "geoip", &db);
+    let (a2, _) = build_in(&ctx, &a, "geoip", &db);
+    let (b1, _) = build_in(&ctx, &b, "geoip", &db);
     // Within one pipeline every opened file has its own generation (cached answers of one
     // never serve the other); another pipeline counts on its own.
     assert_eq!((generation(&a1), generation(&a2)), (1, 2));
@@ -405,4 +419,23 @@ fn address_text_is_written_canonically() {
     let mut e = event(json!("081.2.69.142"));
     assert!(!f.apply(&mut e));
     assert!(e.has_tag(TAG_INVALID_IP));
+}
+
+#[test]
+fn stages_of_one_chain_share_its_registry() {
+    let ctx = ctx();
+    let state = crate::filters::BuildState::default();
+    let stage = crate::filters::FilterConfig::Geoip(
+        toml::from_str(&format!(
+            "database = '{}'",
+            fixture("GeoLite2-City-Test.mmdb")
+        ))
+        .unwrap(),
+    );
+    let built: Vec<_> = ["geoip", "geoip_2"]
+        .iter()
+        .map(|id| stage.build(id, &ctx, &state).unwrap())
+        .collect();
+    // The chain's own handle and one per stage: both stages verify files through it.
+    assert_eq!(Arc::strong_count(&state.geoip), 1 + built.len());
 }
