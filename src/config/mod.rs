@@ -270,40 +270,12 @@ pub fn parse_partial(
     lookup: env::Lookup,
 ) -> Result<(PipelineConfig, Vec<LocatedProblem>), ConfigErrors> {
     let mut problems: Vec<Problem> = Vec::new();
-    let table: toml::Table = match toml::from_str(&source.text) {
-        Ok(t) => t,
-        Err(e) => {
-            let offset = e.span().map(|s| s.start).unwrap_or(0);
-            let (line, column) = line_col(&source.text, offset);
-            return Err(ConfigErrors(vec![LocatedProblem {
-                file: source.name.clone(),
-                line,
-                column,
-                problem: Problem::at("", format!("not valid TOML: {}", e.message()))
-                    .hint("check quotes and brackets near this position"),
-            }]));
-        }
-    };
-    let mut root = toml::Value::Table(table);
+    let mut root = toml::Value::Table(parse_toml(source)?);
     substitute_env(&mut root, &mut Vec::new(), lookup, &mut problems);
     let toml::Value::Table(mut table) = root else {
         unreachable!()
     };
-
-    for key in table.keys() {
-        if !TOP_KEYS.contains(&key.as_str()) {
-            let mut p = Problem::at_path(
-                vec![PathSeg::Key(key.clone())],
-                format!("unknown section `{key}`"),
-            );
-            if let Some(s) = did_you_mean(key, TOP_KEYS) {
-                p = p.hint(format!("did you mean `{s}`?"));
-            } else {
-                p = p.hint(format!("sections are {}", TOP_KEYS.join(", ")));
-            }
-            problems.push(p);
-        }
-    }
+    check_sections(&table, &mut problems);
 
     let mut config = PipelineConfig::default();
     if let Some(v) = table.remove("pipeline") {
@@ -338,7 +310,49 @@ pub fn parse_partial(
         &mut problems,
     );
     config.alerts = table.remove("alerts");
+    check_inputs_and_outputs(&config, &mut problems);
 
+    let mut located: Vec<LocatedProblem> = problems.into_iter().map(|p| source.locate(p)).collect();
+    located.sort_by_key(|p| (p.line, p.column));
+    Ok((config, located))
+}
+
+/// Parses the file as TOML; a syntax error is the one problem that stops everything.
+fn parse_toml(source: &Source) -> Result<toml::Table, ConfigErrors> {
+    toml::from_str(&source.text).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let (line, column) = line_col(&source.text, offset);
+        ConfigErrors(vec![LocatedProblem {
+            file: source.name.clone(),
+            line,
+            column,
+            problem: Problem::at("", format!("not valid TOML: {}", e.message()))
+                .hint("check quotes and brackets near this position"),
+        }])
+    })
+}
+
+/// Reports every top-level key that is not a known section.
+fn check_sections(table: &toml::Table, problems: &mut Vec<Problem>) {
+    for key in table.keys() {
+        if !TOP_KEYS.contains(&key.as_str()) {
+            let mut p = Problem::at_path(
+                vec![PathSeg::Key(key.clone())],
+                format!("unknown section `{key}`"),
+            );
+            if let Some(s) = did_you_mean(key, TOP_KEYS) {
+                p = p.hint(format!("did you mean `{s}`?"));
+            } else {
+                p = p.hint(format!("sections are {}", TOP_KEYS.join(", ")));
+            }
+            problems.push(p);
+        }
+    }
+}
+
+/// Reports a pipeline without inputs or without outputs, unless that section already has a
+/// problem of its own.
+fn check_inputs_and_outputs(config: &PipelineConfig, problems: &mut Vec<Problem>) {
     if config.inputs.is_empty()
         && !problems
             .iter()
@@ -359,14 +373,12 @@ pub fn parse_partial(
                 .hint("add an [[outputs]] table with type = \"elasticsearch\""),
         );
     }
-
-    let mut located: Vec<LocatedProblem> = problems.into_iter().map(|p| source.locate(p)).collect();
-    located.sort_by_key(|p| (p.line, p.column));
-    Ok((config, located))
 }
 
 type StageParser<T> = fn(&str, toml::Value, &[PathSeg], &mut Vec<Problem>) -> Option<T>;
 
+/// Parses one `[[inputs]]`/`[[filters]]`/`[[outputs]]` list: each entry's `type`, `id` and
+/// `when`, then the component's own options through `parse`.
 fn parse_stages<T>(
     value: Option<toml::Value>,
     section: &str,
@@ -395,87 +407,11 @@ fn parse_stages<T>(
             );
             continue;
         };
-        let at = |key: &str| {
-            let mut p = path.clone();
-            p.push(PathSeg::Key(key.into()));
-            p
-        };
-        let kind = match table.remove("type") {
-            Some(toml::Value::String(s)) => s,
-            Some(_) => {
-                problems.push(Problem::at_path(at("type"), "`type` must be a string"));
-                continue;
-            }
-            None => {
-                problems.push(
-                    Problem::at_path(path.clone(), "missing `type`")
-                        .hint(format!("one of: {}", types.join(", "))),
-                );
-                continue;
-            }
-        };
-        if !types.contains(&kind.as_str()) {
-            let mut p = Problem::at_path(
-                at("type"),
-                format!("unknown {} type `{kind}`", section.trim_end_matches('s')),
-            );
-            p = match did_you_mean(&kind, types) {
-                Some(s) => p.hint(format!("did you mean `{s}`?")),
-                None => p.hint(format!("one of: {}", types.join(", "))),
-            };
-            problems.push(p);
+        let Some(kind) = stage_type(&mut table, &path, section, types, problems) else {
             continue;
-        }
-        let id = match table.remove("id") {
-            Some(toml::Value::String(s)) => s,
-            Some(_) => {
-                problems.push(Problem::at_path(at("id"), "`id` must be a string"));
-                kind.clone()
-            }
-            None => {
-                let n = seen_ids
-                    .iter()
-                    .filter(|i| i.as_str() == kind || i.starts_with(&format!("{kind}_")))
-                    .count();
-                if n == 0 {
-                    kind.clone()
-                } else {
-                    format!("{kind}_{}", n + 1)
-                }
-            }
         };
-        if seen_ids.contains(&id) {
-            problems.push(
-                Problem::at_path(at("id"), format!("duplicate id `{id}`"))
-                    .hint("give each stage a distinct id"),
-            );
-        }
-        seen_ids.push(id.clone());
-        let when = match table.remove("when") {
-            Some(toml::Value::String(s)) => {
-                // Reported here, once: a condition that does not compile is not handed on, so
-                // stage validation does not report it a second time.
-                match crate::condition::Condition::compile(&s) {
-                    Ok(_) => Some(s),
-                    Err(e) => {
-                        problems.push(
-                            Problem::at_path(at("when"), format!("bad condition `{s}`: {e}")).hint(
-                                "conditions look like: [status] == \"success\" or \"error\" in [tags]",
-                            ),
-                        );
-                        None
-                    }
-                }
-            }
-            Some(_) => {
-                problems.push(Problem::at_path(
-                    at("when"),
-                    "`when` must be a string holding a condition",
-                ));
-                None
-            }
-            None => None,
-        };
+        let id = stage_id(&mut table, &path, &kind, &mut seen_ids, problems);
+        let when = stage_when(&mut table, &path, problems);
         if let Some(config) = parse(&kind, toml::Value::Table(table), &path, problems) {
             stages.push(Stage {
                 id,
@@ -486,6 +422,131 @@ fn parse_stages<T>(
         }
     }
     stages
+}
+
+/// `path` extended by `key`.
+fn key_path(path: &[PathSeg], key: &str) -> Vec<PathSeg> {
+    let mut p = path.to_vec();
+    p.push(PathSeg::Key(key.into()));
+    p
+}
+
+/// Takes the entry's `type`; `None` (with the problem reported) when it is missing, not a
+/// string, or not one of `types`.
+fn stage_type(
+    table: &mut toml::Table,
+    path: &[PathSeg],
+    section: &str,
+    types: &[&str],
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    let kind = match table.remove("type") {
+        Some(toml::Value::String(s)) => s,
+        Some(_) => {
+            problems.push(Problem::at_path(
+                key_path(path, "type"),
+                "`type` must be a string",
+            ));
+            return None;
+        }
+        None => {
+            problems.push(
+                Problem::at_path(path.to_vec(), "missing `type`")
+                    .hint(format!("one of: {}", types.join(", "))),
+            );
+            return None;
+        }
+    };
+    if !types.contains(&kind.as_str()) {
+        let mut p = Problem::at_path(
+            key_path(path, "type"),
+            format!("unknown {} type `{kind}`", section.trim_end_matches('s')),
+        );
+        p = match did_you_mean(&kind, types) {
+            Some(s) => p.hint(format!("did you mean `{s}`?")),
+            None => p.hint(format!("one of: {}", types.join(", "))),
+        };
+        problems.push(p);
+        return None;
+    }
+    Some(kind)
+}
+
+/// Takes the entry's `id`, or names it `<type>` / `<type>_<n>`; reports a duplicate and
+/// records the id in `seen_ids`.
+fn stage_id(
+    table: &mut toml::Table,
+    path: &[PathSeg],
+    kind: &str,
+    seen_ids: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
+) -> String {
+    let id = match table.remove("id") {
+        Some(toml::Value::String(s)) => s,
+        Some(_) => {
+            problems.push(Problem::at_path(
+                key_path(path, "id"),
+                "`id` must be a string",
+            ));
+            kind.to_string()
+        }
+        None => {
+            let n = seen_ids
+                .iter()
+                .filter(|i| i.as_str() == kind || i.starts_with(&format!("{kind}_")))
+                .count();
+            if n == 0 {
+                kind.to_string()
+            } else {
+                format!("{kind}_{}", n + 1)
+            }
+        }
+    };
+    if seen_ids.contains(&id) {
+        problems.push(
+            Problem::at_path(key_path(path, "id"), format!("duplicate id `{id}`"))
+                .hint("give each stage a distinct id"),
+        );
+    }
+    seen_ids.push(id.clone());
+    id
+}
+
+/// Takes the entry's `when`; a condition that does not compile is reported and dropped.
+fn stage_when(
+    table: &mut toml::Table,
+    path: &[PathSeg],
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    match table.remove("when") {
+        Some(toml::Value::String(s)) => {
+            // Reported here, once: a condition that does not compile is not handed on, so
+            // stage validation does not report it a second time.
+            match crate::condition::Condition::compile(&s) {
+                Ok(_) => Some(s),
+                Err(e) => {
+                    problems.push(
+                        Problem::at_path(
+                            key_path(path, "when"),
+                            format!("bad condition `{s}`: {e}"),
+                        )
+                        .hint(
+                            "conditions look like: [status] == \"success\" or \"error\" in [tags]",
+                        ),
+                    );
+                    None
+                }
+            }
+        }
+        Some(_) => {
+            problems.push(Problem::at_path(
+                key_path(path, "when"),
+                "`when` must be a string holding a condition",
+            ));
+            None
+        }
+        None => None,
+    }
 }
 
 fn substitute_env(
