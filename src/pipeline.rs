@@ -183,77 +183,15 @@ async fn worker(
 
 /// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
 pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()> {
-    let (problems, stages) = validate_and_build(&config, &ctx);
-    for p in problems.iter().filter(|p| !p.is_error()) {
-        tracing::warn!(problem = %p, "configuration warning");
-    }
-    if problems.iter().any(Problem::is_error) {
-        let text: Vec<String> = problems
-            .iter()
-            .filter(|p| p.is_error())
-            .map(|p| p.to_string())
-            .collect();
-        anyhow::bail!("invalid configuration:\n{}", text.join("\n"));
-    }
-    let stages = Arc::new(stages);
-
-    let mut output_slots = Vec::new();
-    let mut output_tasks: Vec<(String, JoinHandle<()>)> = Vec::new();
-    for stage in &config.outputs {
-        let started = stage
-            .config
-            .start(&stage.id, &ctx)
-            .await
-            .with_context(|| format!("output `{}` could not start", stage.id))?;
-        let when = stage
-            .when
-            .as_ref()
-            .map(|w| Condition::compile(w))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        output_slots.push(OutputSlot {
-            when,
-            output: started.output,
-        });
-        output_tasks.push((stage.id.clone(), started.task));
-    }
-    // [alerts]: the rules see every event after the filters, fed like an output without `when`.
-    let alerts = match alert_input(&config) {
-        Some(input) => crate::alerts::start(&input, &ctx)?,
-        None => None,
-    };
-    if let Some(started) = alerts {
-        output_slots.push(OutputSlot {
-            when: None,
-            output: started.output,
-        });
-        output_tasks.push(("alerts".into(), started.task));
-    }
-    let outputs = Arc::new(output_slots);
-
-    let depth = ctx.metrics.gauge(
-        "sheepdog_queue_events",
-        "Events in the pipeline queue or being processed",
-        &[],
-    );
-    let (queue_tx, queue_rx) = queue::bounded(
-        config.pipeline.queue_capacity,
-        config.pipeline.batch_size,
-        depth,
-    );
-    ctx.metrics
-        .gauge(
-            "sheepdog_queue_capacity_events",
-            "Capacity of the pipeline queue in events",
-            &[],
-        )
-        .set(queue_tx.capacity() as i64);
+    let stages = Arc::new(checked_filters(&config, &ctx)?);
+    let (outputs, output_tasks) = start_outputs(&config, &ctx).await?;
+    let outputs = Arc::new(outputs);
+    let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
     let events_out = ctx.metrics.counter(
         "sheepdog_pipeline_events_total",
         "Events that passed the filter chain and were handed to outputs",
         &[],
     );
-
     let workers: Vec<JoinHandle<()>> = (0..worker_count(config.pipeline.workers))
         .map(|_| {
             tokio::spawn(worker(
@@ -289,28 +227,141 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
     );
 
     ctx.shutdown.cancelled().await;
-    let deadline = tokio::time::Instant::now() + config.pipeline.shutdown_timeout;
-    tracing::info!(timeout = ?config.pipeline.shutdown_timeout, "shutting down: stopping inputs, draining the queue");
-    for (id, task) in input_tasks {
-        if tokio::time::timeout_at(deadline, task).await.is_err() {
-            tracing::warn!(input = %id, "input did not stop before the shutdown deadline");
-        }
-    }
-    for w in workers {
-        if tokio::time::timeout_at(deadline, w).await.is_err() {
-            tracing::warn!("filter worker did not drain before the shutdown deadline");
-        }
-    }
-    drop(outputs);
-    for (id, task) in output_tasks {
-        if tokio::time::timeout_at(deadline, task).await.is_err() {
-            tracing::warn!(output = %id, "output did not flush before the shutdown deadline; undelivered events are lost");
-        }
-    }
-    if let Some(api) = api_task {
-        api.abort();
-    }
-    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-    tracing::info!(spare = ?remaining.min(Duration::from_secs(3600)), "sheepdog stopped");
+    let running = Running {
+        input_tasks,
+        workers,
+        outputs,
+        output_tasks,
+        api_task,
+    };
+    running.drain(config.pipeline.shutdown_timeout).await;
     Ok(())
+}
+
+/// Validates the whole configuration (logging its warnings) and returns the compiled filter
+/// chain; any error stops the start.
+fn checked_filters(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+) -> anyhow::Result<Vec<FilterStage>> {
+    let (problems, stages) = validate_and_build(config, ctx);
+    for p in problems.iter().filter(|p| !p.is_error()) {
+        tracing::warn!(problem = %p, "configuration warning");
+    }
+    if problems.iter().any(Problem::is_error) {
+        let text: Vec<String> = problems
+            .iter()
+            .filter(|p| p.is_error())
+            .map(|p| p.to_string())
+            .collect();
+        anyhow::bail!("invalid configuration:\n{}", text.join("\n"));
+    }
+    Ok(stages)
+}
+
+/// Output tasks by stage id, awaited at shutdown.
+type Tasks = Vec<(String, JoinHandle<()>)>;
+
+/// Starts every output, then the alert rules (fed like an output without `when`).
+async fn start_outputs(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+) -> anyhow::Result<(Vec<OutputSlot>, Tasks)> {
+    let mut output_slots = Vec::new();
+    let mut output_tasks: Tasks = Vec::new();
+    for stage in &config.outputs {
+        let started = stage
+            .config
+            .start(&stage.id, ctx)
+            .await
+            .with_context(|| format!("output `{}` could not start", stage.id))?;
+        let when = stage
+            .when
+            .as_ref()
+            .map(|w| Condition::compile(w))
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        output_slots.push(OutputSlot {
+            when,
+            output: started.output,
+        });
+        output_tasks.push((stage.id.clone(), started.task));
+    }
+    // [alerts]: the rules see every event after the filters, fed like an output without `when`.
+    let alerts = match alert_input(config) {
+        Some(input) => crate::alerts::start(&input, ctx)?,
+        None => None,
+    };
+    if let Some(started) = alerts {
+        output_slots.push(OutputSlot {
+            when: None,
+            output: started.output,
+        });
+        output_tasks.push(("alerts".into(), started.task));
+    }
+    Ok((output_slots, output_tasks))
+}
+
+/// The bounded queue between inputs and filter workers, with its depth and capacity gauges.
+fn pipeline_queue(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+) -> (queue::QueueSender, Arc<QueueReceiver>) {
+    let depth = ctx.metrics.gauge(
+        "sheepdog_queue_events",
+        "Events in the pipeline queue or being processed",
+        &[],
+    );
+    let (queue_tx, queue_rx) = queue::bounded(
+        config.pipeline.queue_capacity,
+        config.pipeline.batch_size,
+        depth,
+    );
+    ctx.metrics
+        .gauge(
+            "sheepdog_queue_capacity_events",
+            "Capacity of the pipeline queue in events",
+            &[],
+        )
+        .set(queue_tx.capacity() as i64);
+    (queue_tx, queue_rx)
+}
+
+/// The tasks of a started pipeline, in the order shutdown ends them.
+struct Running {
+    input_tasks: Tasks,
+    workers: Vec<JoinHandle<()>>,
+    outputs: Arc<Vec<OutputSlot>>,
+    output_tasks: Tasks,
+    api_task: Option<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the inputs, lets the workers drain the queue, then lets the outputs flush, all
+    /// within `timeout`.
+    async fn drain(self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        tracing::info!(timeout = ?timeout, "shutting down: stopping inputs, draining the queue");
+        for (id, task) in self.input_tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!(input = %id, "input did not stop before the shutdown deadline");
+            }
+        }
+        for w in self.workers {
+            if tokio::time::timeout_at(deadline, w).await.is_err() {
+                tracing::warn!("filter worker did not drain before the shutdown deadline");
+            }
+        }
+        drop(self.outputs);
+        for (id, task) in self.output_tasks {
+            if tokio::time::timeout_at(deadline, task).await.is_err() {
+                tracing::warn!(output = %id, "output did not flush before the shutdown deadline; undelivered events are lost");
+            }
+        }
+        if let Some(api) = self.api_task {
+            api.abort();
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        tracing::info!(spare = ?remaining.min(Duration::from_secs(3600)), "sheepdog stopped");
+    }
 }
