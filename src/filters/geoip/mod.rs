@@ -220,46 +220,8 @@ impl Config {
         let mut problems = Vec::new();
         let source = parse_path("source", &self.source, &mut problems);
         let target = parse_path("target", &self.target, &mut problems);
-        let fields = match &self.fields {
-            None => FieldSet::all(),
-            Some(list) => {
-                let mut set = FieldSet(0);
-                for name in list {
-                    let bare = name.strip_prefix("geo.").unwrap_or(name);
-                    match FIELD_NAMES.iter().find(|(n, _)| *n == bare) {
-                        Some((_, f)) => set.0 |= 1 << *f as u16,
-                        None => {
-                            let names: Vec<&str> = FIELD_NAMES.iter().map(|(n, _)| *n).collect();
-                            let prefixed = names.iter().find(|n| n.starts_with(bare)).copied();
-                            let hint = match prefixed.or_else(|| did_you_mean(bare, &names)) {
-                                Some(s) => format!("did you mean `{s}`?"),
-                                None => format!("valid fields: {}", names.join(", ")),
-                            };
-                            problems.push(
-                                Problem::at("fields", format!("unknown GeoIP field `{name}`"))
-                                    .hint(hint),
-                            );
-                        }
-                    }
-                }
-                set
-            }
-        };
-        if self.reload_interval < Duration::from_millis(100) {
-            problems.push(
-                Problem::at(
-                    "reload_interval",
-                    format!("{:?} is too short", self.reload_interval),
-                )
-                .hint("check for a new database every few seconds, e.g. \"5s\""),
-            );
-        }
-        if self.database.trim().is_empty() {
-            problems.push(
-                Problem::at("database", "no database file given")
-                    .hint(format!("set it to {DEFAULT_DATABASE} or ${{GEOIP_DB}}")),
-            );
-        }
+        let fields = self.field_set(&mut problems);
+        self.check_options(&mut problems);
         let (Some(source), Some(target)) = (source, target) else {
             return Err(problems);
         };
@@ -267,25 +229,7 @@ impl Config {
             return Err(problems);
         }
 
-        let (city, missing) = WatchedDb::new(
-            PathBuf::from(self.database.trim()),
-            Kind::City,
-            registry.clone(),
-        );
-        if let Some(e) = &missing {
-            warnings.push(open_problem("database", e, Kind::City));
-        }
-        let asn = match self.asn_database.as_deref().map(str::trim) {
-            Some(path) if !path.is_empty() => {
-                let (db, missing) =
-                    WatchedDb::new(PathBuf::from(path), Kind::Asn, registry.clone());
-                if let Some(e) = &missing {
-                    warnings.push(open_problem("asn_database", e, Kind::Asn));
-                }
-                Some(db)
-            }
-            _ => None,
-        };
+        let (city, asn) = self.watched_dbs(registry, warnings);
         let background = ctx.verify == Verify::Background;
         let shared = Arc::new(Shared {
             health: ctx.health.register(format!("filter {id}")),
@@ -298,23 +242,7 @@ impl Config {
             // Nothing opened yet: the loader opens whatever file exists.
             (None, None)
         } else {
-            let dbs = [
-                ("database", Some(&shared.city)),
-                ("asn_database", shared.asn.as_ref()),
-            ];
-            for (key, db) in dbs {
-                let Some(db) = db else { continue };
-                if missing_reported(db) {
-                    continue;
-                }
-                if let Some(e) = db.open_now() {
-                    warnings.push(open_problem(key, &e, db.kind));
-                }
-            }
-            (
-                shared.city.initial_fingerprint(),
-                shared.asn.as_ref().and_then(WatchedDb::initial_fingerprint),
-            )
+            open_all_now(&shared, warnings)
         };
         shared.report_health();
         spawn_watcher(
@@ -338,6 +266,104 @@ impl Config {
             }),
         })
     }
+
+    /// The fields the `fields` option selects (all without it); an unknown name is a problem.
+    fn field_set(&self, problems: &mut Vec<Problem>) -> FieldSet {
+        let Some(list) = &self.fields else {
+            return FieldSet::all();
+        };
+        let mut set = FieldSet(0);
+        for name in list {
+            let bare = name.strip_prefix("geo.").unwrap_or(name);
+            match FIELD_NAMES.iter().find(|(n, _)| *n == bare) {
+                Some((_, f)) => set.0 |= 1 << *f as u16,
+                None => {
+                    let names: Vec<&str> = FIELD_NAMES.iter().map(|(n, _)| *n).collect();
+                    let prefixed = names.iter().find(|n| n.starts_with(bare)).copied();
+                    let hint = match prefixed.or_else(|| did_you_mean(bare, &names)) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("valid fields: {}", names.join(", ")),
+                    };
+                    problems.push(
+                        Problem::at("fields", format!("unknown GeoIP field `{name}`")).hint(hint),
+                    );
+                }
+            }
+        }
+        set
+    }
+
+    /// Checks `reload_interval` and that a database file is named.
+    fn check_options(&self, problems: &mut Vec<Problem>) {
+        if self.reload_interval < Duration::from_millis(100) {
+            problems.push(
+                Problem::at(
+                    "reload_interval",
+                    format!("{:?} is too short", self.reload_interval),
+                )
+                .hint("check for a new database every few seconds, e.g. \"5s\""),
+            );
+        }
+        if self.database.trim().is_empty() {
+            problems.push(
+                Problem::at("database", "no database file given")
+                    .hint(format!("set it to {DEFAULT_DATABASE} or ${{GEOIP_DB}}")),
+            );
+        }
+    }
+
+    /// Slots for the City and (when configured) ASN files; a file missing now is a warning.
+    fn watched_dbs(
+        &self,
+        registry: &Arc<Registry>,
+        warnings: &mut Vec<Problem>,
+    ) -> (WatchedDb, Option<WatchedDb>) {
+        let (city, missing) = WatchedDb::new(
+            PathBuf::from(self.database.trim()),
+            Kind::City,
+            registry.clone(),
+        );
+        if let Some(e) = &missing {
+            warnings.push(open_problem("database", e, Kind::City));
+        }
+        let asn = match self.asn_database.as_deref().map(str::trim) {
+            Some(path) if !path.is_empty() => {
+                let (db, missing) =
+                    WatchedDb::new(PathBuf::from(path), Kind::Asn, registry.clone());
+                if let Some(e) = &missing {
+                    warnings.push(open_problem("asn_database", e, Kind::Asn));
+                }
+                Some(db)
+            }
+            _ => None,
+        };
+        (city, asn)
+    }
+}
+
+/// Opens and verifies the databases before the build returns ([`Verify::Now`]), warning about
+/// each unusable one not already reported missing; returns the identities of the files tried.
+fn open_all_now(
+    shared: &Shared,
+    warnings: &mut Vec<Problem>,
+) -> (Option<database::Fingerprint>, Option<database::Fingerprint>) {
+    let dbs = [
+        ("database", Some(&shared.city)),
+        ("asn_database", shared.asn.as_ref()),
+    ];
+    for (key, db) in dbs {
+        let Some(db) = db else { continue };
+        if missing_reported(db) {
+            continue;
+        }
+        if let Some(e) = db.open_now() {
+            warnings.push(open_problem(key, &e, db.kind));
+        }
+    }
+    (
+        shared.city.initial_fingerprint(),
+        shared.asn.as_ref().and_then(WatchedDb::initial_fingerprint),
+    )
 }
 
 /// True when the build already found the file missing (and warned about it).
