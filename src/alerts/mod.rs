@@ -127,23 +127,7 @@ fn compile(input: &Input) -> Result<(Compiled, Vec<Problem>), Vec<Problem>> {
     else {
         return Err(problems);
     };
-    if !config.mail.is_empty() {
-        let email_ids: Vec<&str> = input.email_outputs.iter().map(|(id, _)| *id).collect();
-        if !email_ids.contains(&config.mail.as_str()) {
-            let mut p = Problem::at_path(
-                at(&root, "mail"),
-                format!("there is no email output with id `{}`", config.mail),
-            );
-            p = match did_you_mean(&config.mail, &email_ids) {
-                Some(s) => p.hint(format!("did you mean `{s}`?")),
-                None if email_ids.is_empty() => p.hint(
-                    "add an [[outputs]] table with type = \"email\" and an id, or remove `mail`",
-                ),
-                None => p.hint(format!("email outputs: {}", email_ids.join(", "))),
-            };
-            problems.push(p);
-        }
-    }
+    check_mail(&config.mail, input, &root, &mut problems);
     if config.evaluate_every.is_zero() {
         problems.push(
             Problem::at_path(at(&root, "evaluate_every"), "must be longer than 0")
@@ -155,76 +139,106 @@ fn compile(input: &Input) -> Result<(Compiled, Vec<Problem>), Vec<Problem>> {
     for (i, r) in config.rules.iter().enumerate() {
         let mut path = at(&root, "rules");
         path.push(PathSeg::Index(i));
-        if r.name.trim().is_empty() {
-            problems.push(
-                Problem::at_path(at(&path, "name"), "a rule needs a name")
-                    .hint("e.g. name = \"error_rate\""),
-            );
-        } else if names.contains(&r.name.as_str()) {
-            problems.push(
-                Problem::at_path(
-                    at(&path, "name"),
-                    format!("duplicate rule name `{}`", r.name),
-                )
-                .hint("give each rule a distinct name"),
-            );
-        }
+        check_rule_name(&r.name, &names, &path, &mut problems);
         names.push(&r.name);
-        let expr = match parse_expr(&r.expr) {
-            Ok(e) => Some(e),
-            Err(msg) => {
-                problems.push(Problem::at_path(at(&path, "expr"), msg).hint(
-                    "write MEASURE [by FIELD] OP THRESHOLD, e.g. `error_rate > 1%`, `p99(latency_ms) > 100`, `sum(cost_usd) by user_id > 50`",
-                ));
-                None
-            }
-        };
-        if r.window < Duration::from_secs(1) {
-            problems.push(
-                Problem::at_path(at(&path, "window"), "the window must be at least 1s")
-                    .hint("e.g. \"5m\""),
-            );
-        }
-        let when = r
-            .when
-            .as_ref()
-            .map(|w| compile_condition(w, at(&path, "when"), &mut problems));
-        let error_when = compile_condition(
-            r.error_when.as_deref().unwrap_or(DEFAULT_ERROR_WHEN),
-            at(&path, "error_when"),
-            &mut problems,
-        );
-        if r.error_when.is_some()
-            && expr
-                .as_ref()
-                .is_some_and(|e| e.measure != rule::Measure::ErrorRate)
-        {
-            problems.push(
-                Problem::at_path(
-                    at(&path, "error_when"),
-                    "error_when only applies to error_rate rules",
-                )
-                .hint("remove it, or use `when` to filter the events this rule counts")
-                .warning(),
-            );
-        }
-        let when_ok = !matches!(when, Some(None));
-        if let (Some(expr), Some(error_when), true) = (expr, error_when, when_ok) {
-            rules.push(Rule::new(
-                r.name.clone(),
-                expr,
-                r.window.as_millis() as i64,
-                r.min_events,
-                when.flatten(),
-                error_when,
-                r.max_groups,
-            ));
-        }
+        rules.extend(compile_rule(r, &path, &mut problems));
     }
     if problems.iter().any(Problem::is_error) {
         return Err(problems);
     }
     Ok((Compiled { config, rules }, problems))
+}
+
+/// Reports a `mail` that names no email output of the pipeline.
+fn check_mail(mail: &str, input: &Input, root: &[PathSeg], problems: &mut Vec<Problem>) {
+    if mail.is_empty() {
+        return;
+    }
+    let email_ids: Vec<&str> = input.email_outputs.iter().map(|(id, _)| *id).collect();
+    if !email_ids.contains(&mail) {
+        let mut p = Problem::at_path(
+            at(root, "mail"),
+            format!("there is no email output with id `{mail}`"),
+        );
+        p = match did_you_mean(mail, &email_ids) {
+            Some(s) => p.hint(format!("did you mean `{s}`?")),
+            None if email_ids.is_empty() => {
+                p.hint("add an [[outputs]] table with type = \"email\" and an id, or remove `mail`")
+            }
+            None => p.hint(format!("email outputs: {}", email_ids.join(", "))),
+        };
+        problems.push(p);
+    }
+}
+
+/// Reports a rule name that is empty or used by an earlier rule (`names`).
+fn check_rule_name(name: &str, names: &[&str], path: &[PathSeg], problems: &mut Vec<Problem>) {
+    if name.trim().is_empty() {
+        problems.push(
+            Problem::at_path(at(path, "name"), "a rule needs a name")
+                .hint("e.g. name = \"error_rate\""),
+        );
+    } else if names.contains(&name) {
+        problems.push(
+            Problem::at_path(at(path, "name"), format!("duplicate rule name `{name}`"))
+                .hint("give each rule a distinct name"),
+        );
+    }
+}
+
+/// Compiles one rule at `path`; `None` when its expression or a condition does not compile.
+fn compile_rule(r: &RuleConfig, path: &[PathSeg], problems: &mut Vec<Problem>) -> Option<Rule> {
+    let expr = match parse_expr(&r.expr) {
+        Ok(e) => Some(e),
+        Err(msg) => {
+            problems.push(Problem::at_path(at(path, "expr"), msg).hint(
+                "write MEASURE [by FIELD] OP THRESHOLD, e.g. `error_rate > 1%`, `p99(latency_ms) > 100`, `sum(cost_usd) by user_id > 50`",
+            ));
+            None
+        }
+    };
+    if r.window < Duration::from_secs(1) {
+        problems.push(
+            Problem::at_path(at(path, "window"), "the window must be at least 1s")
+                .hint("e.g. \"5m\""),
+        );
+    }
+    let when = r
+        .when
+        .as_ref()
+        .map(|w| compile_condition(w, at(path, "when"), problems));
+    let error_when = compile_condition(
+        r.error_when.as_deref().unwrap_or(DEFAULT_ERROR_WHEN),
+        at(path, "error_when"),
+        problems,
+    );
+    if r.error_when.is_some()
+        && expr
+            .as_ref()
+            .is_some_and(|e| e.measure != rule::Measure::ErrorRate)
+    {
+        problems.push(
+            Problem::at_path(
+                at(path, "error_when"),
+                "error_when only applies to error_rate rules",
+            )
+            .hint("remove it, or use `when` to filter the events this rule counts")
+            .warning(),
+        );
+    }
+    let when_ok = !matches!(when, Some(None));
+    let (Some(expr), Some(error_when), true) = (expr, error_when, when_ok) else {
+        return None;
+    };
+    Some(Rule::new(
+        r.name.clone(),
+        expr,
+        r.window.as_millis() as i64,
+        r.min_events,
+        when.flatten(),
+        error_when,
+        r.max_groups,
+    ))
 }
 
 /// Every problem in `[alerts]`, located under `alerts`.
