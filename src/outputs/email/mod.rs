@@ -294,74 +294,10 @@ impl Config {
             .iter()
             .filter_map(|a| parse_mailbox("cc", a, &mut problems))
             .collect();
-        if self.host.trim().is_empty() {
-            problems.push(
-                Problem::at("host", "the SMTP host is empty")
-                    .hint("set SMTP_HOST or host = \"localhost\""),
-            );
-        }
-        if self.port == 0 {
-            problems.push(Problem::at("port", "port 0 is not an SMTP port").hint("25, 465 or 587"));
-        }
-        let credentials = match (self.username.is_empty(), self.password.0.is_empty()) {
-            (true, true) => None,
-            (false, false) => Some((self.username.clone(), self.password.0.clone())),
-            (false, true) => {
-                problems.push(
-                    Problem::at("password", "a username is set but the password is empty")
-                        .hint("set the password from the environment, e.g. password = \"${SMTP_PASSWORD}\""),
-                );
-                None
-            }
-            (true, false) => {
-                problems.push(
-                    Problem::at("username", "a password is set but the username is empty")
-                        .hint("set username, or remove password"),
-                );
-                None
-            }
-        };
-        let ca_file = self.ca_file.as_deref().filter(|f| !f.is_empty());
-        let ca_pem = match ca_file {
-            None => None,
-            Some(_) if self.tls == TlsMode::None => {
-                problems.push(
-                    Problem::at("ca_file", "ca_file is ignored because tls = \"none\"")
-                        .hint("set tls = \"starttls\" or \"tls\", or remove ca_file")
-                        .warning(),
-                );
-                None
-            }
-            Some(path) => match std::fs::read(path) {
-                Ok(pem) => {
-                    if let Err(e) = lettre::transport::smtp::client::Certificate::from_pem(&pem) {
-                        problems.push(
-                            Problem::at(
-                                "ca_file",
-                                format!("`{path}` holds no usable PEM certificate: {e}"),
-                            )
-                            .hint("give the PEM file of the server certificate or its CA"),
-                        );
-                    }
-                    Some(pem)
-                }
-                Err(e) => {
-                    problems.push(
-                        Problem::at("ca_file", format!("cannot read `{path}`: {e}"))
-                            .hint("check the path and permissions"),
-                    );
-                    None
-                }
-            },
-        };
-        for (key, d) in [
-            ("connect_timeout", self.connect_timeout),
-            ("send_timeout", self.send_timeout),
-        ] {
-            if d.is_zero() {
-                problems.push(Problem::at(key, "must be longer than 0").hint("e.g. \"10s\""));
-            }
-        }
+        self.check_server(&mut problems);
+        let credentials = self.credentials(&mut problems);
+        let ca_pem = self.ca_pem(&mut problems);
+        self.check_timeouts(&mut problems);
         if problems.iter().any(Problem::is_error) {
             return Err(problems);
         }
@@ -386,6 +322,87 @@ impl Config {
             },
             recipients,
         ))
+    }
+
+    /// Checks that `host` and `port` name an SMTP server.
+    fn check_server(&self, problems: &mut Vec<Problem>) {
+        if self.host.trim().is_empty() {
+            problems.push(
+                Problem::at("host", "the SMTP host is empty")
+                    .hint("set SMTP_HOST or host = \"localhost\""),
+            );
+        }
+        if self.port == 0 {
+            problems.push(Problem::at("port", "port 0 is not an SMTP port").hint("25, 465 or 587"));
+        }
+    }
+
+    /// The SMTP AUTH user and password: both or neither.
+    fn credentials(&self, problems: &mut Vec<Problem>) -> Option<(String, String)> {
+        match (self.username.is_empty(), self.password.0.is_empty()) {
+            (true, true) => None,
+            (false, false) => Some((self.username.clone(), self.password.0.clone())),
+            (false, true) => {
+                problems.push(
+                    Problem::at("password", "a username is set but the password is empty")
+                        .hint("set the password from the environment, e.g. password = \"${SMTP_PASSWORD}\""),
+                );
+                None
+            }
+            (true, false) => {
+                problems.push(
+                    Problem::at("username", "a password is set but the username is empty")
+                        .hint("set username, or remove password"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The PEM read from `ca_file`, when one is given and TLS is on.
+    fn ca_pem(&self, problems: &mut Vec<Problem>) -> Option<Vec<u8>> {
+        let path = self.ca_file.as_deref().filter(|f| !f.is_empty())?;
+        if self.tls == TlsMode::None {
+            problems.push(
+                Problem::at("ca_file", "ca_file is ignored because tls = \"none\"")
+                    .hint("set tls = \"starttls\" or \"tls\", or remove ca_file")
+                    .warning(),
+            );
+            return None;
+        }
+        match std::fs::read(path) {
+            Ok(pem) => {
+                if let Err(e) = lettre::transport::smtp::client::Certificate::from_pem(&pem) {
+                    problems.push(
+                        Problem::at(
+                            "ca_file",
+                            format!("`{path}` holds no usable PEM certificate: {e}"),
+                        )
+                        .hint("give the PEM file of the server certificate or its CA"),
+                    );
+                }
+                Some(pem)
+            }
+            Err(e) => {
+                problems.push(
+                    Problem::at("ca_file", format!("cannot read `{path}`: {e}"))
+                        .hint("check the path and permissions"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Checks that neither SMTP timeout is zero.
+    fn check_timeouts(&self, problems: &mut Vec<Problem>) {
+        for (key, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("send_timeout", self.send_timeout),
+        ] {
+            if d.is_zero() {
+                problems.push(Problem::at(key, "must be longer than 0").hint("e.g. \"10s\""));
+            }
+        }
     }
 
     /// This output's settings for mail another component sends; `None`: no recipients, so
@@ -415,46 +432,8 @@ impl Config {
             .htmlbody
             .as_ref()
             .and_then(|b| compile_text("htmlbody", b, &mut problems));
-        let throttle_key = match &self.throttle_key {
-            None => None,
-            Some(source) => match Template::compile(source) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    problems.push(
-                        Problem::at("throttle_key", format!("bad template `{source}`: {e}"))
-                            .hint("e.g. \"%{model}|%{error_message}\""),
-                    );
-                    None
-                }
-            },
-        };
-        if self.throttle_key.is_some() && self.throttle_window.is_zero() {
-            problems.push(
-                Problem::at(
-                    "throttle_window",
-                    "must be longer than 0 when throttle_key is set",
-                )
-                .hint("e.g. \"5m\"; remove throttle_key to mail every event"),
-            );
-        }
-        let mut distinct = Vec::new();
-        for f in &self.digest_fields {
-            match FieldPath::parse(f) {
-                Ok(p) => distinct.push(p),
-                Err(e) => problems.push(Problem::at("digest_fields", e.to_string())),
-            }
-        }
-        let sample = if self.digest_sample_field.is_empty() {
-            None
-        } else {
-            match FieldPath::parse(&self.digest_sample_field) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    problems.push(Problem::at("digest_sample_field", e.to_string()));
-                    None
-                }
-            }
-        };
+        let throttle_key = self.throttle_key(&mut problems);
+        let digest = self.digest_fields(&mut problems);
         for (key, v) in [
             ("queue_size", self.queue_size),
             ("max_attempts", self.max_attempts as usize),
@@ -484,14 +463,64 @@ impl Config {
                 body,
                 html,
                 throttle_key,
-                digest: DigestFields {
-                    distinct,
-                    sample,
-                    samples: self.digest_samples,
-                },
+                digest,
             },
             problems,
         ))
+    }
+
+    /// The compiled `throttle_key`, which needs a window longer than 0.
+    fn throttle_key(&self, problems: &mut Vec<Problem>) -> Option<Template> {
+        let throttle_key = match &self.throttle_key {
+            None => None,
+            Some(source) => match Template::compile(source) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    problems.push(
+                        Problem::at("throttle_key", format!("bad template `{source}`: {e}"))
+                            .hint("e.g. \"%{model}|%{error_message}\""),
+                    );
+                    None
+                }
+            },
+        };
+        if self.throttle_key.is_some() && self.throttle_window.is_zero() {
+            problems.push(
+                Problem::at(
+                    "throttle_window",
+                    "must be longer than 0 when throttle_key is set",
+                )
+                .hint("e.g. \"5m\"; remove throttle_key to mail every event"),
+            );
+        }
+        throttle_key
+    }
+
+    /// What a digest lists: the `digest_fields` paths and the sampled field.
+    fn digest_fields(&self, problems: &mut Vec<Problem>) -> DigestFields {
+        let mut distinct = Vec::new();
+        for f in &self.digest_fields {
+            match FieldPath::parse(f) {
+                Ok(p) => distinct.push(p),
+                Err(e) => problems.push(Problem::at("digest_fields", e.to_string())),
+            }
+        }
+        let sample = if self.digest_sample_field.is_empty() {
+            None
+        } else {
+            match FieldPath::parse(&self.digest_sample_field) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    problems.push(Problem::at("digest_sample_field", e.to_string()));
+                    None
+                }
+            }
+        };
+        DigestFields {
+            distinct,
+            sample,
+            samples: self.digest_samples,
+        }
     }
 
     pub fn validate(&self, _ctx: &BuildContext) -> Vec<Problem> {
