@@ -225,7 +225,7 @@ struct Data<'a>(&'a [u8]);
 
 impl<'a> Data<'a> {
     /// Control byte(s) at `at`: (type, size, offset of the payload), read exactly as
-    /// `verify` and `maxminddb` read them.
+    /// `verify` reads them.
     #[inline]
     fn header(self, at: usize) -> Option<(u8, usize, usize)> {
         let ctrl = *self.0.get(at)?;

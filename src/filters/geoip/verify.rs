@@ -1,7 +1,8 @@
-//! Bounds-checked verification of a MaxMind DB file before it is handed to `maxminddb`, whose
-//! reader indexes the buffer without checks and would panic (or recurse without end) on a
-//! corrupt file. Every search-tree record and every data record it reaches is walked once, so
-//! lookups on a verified file cannot leave the buffer.
+//! Bounds-checked verification of a MaxMind DB file before the stage looks anything up in it
+//! (with its own tree walk, `database::Loaded::find`, and decoder, `record`; `maxminddb` only
+//! maps the file). The metadata, every search-tree path and every data record the tree points
+//! at are walked once, so a corrupt or truncated file is refused with its reason up front
+//! instead of answering lookups with wrong or missing fields.
 
 const METADATA_MARKER: &[u8] = b"\xab\xcd\xefMaxMind.com";
 /// Zero bytes between the search tree and the data section.
@@ -118,7 +119,7 @@ pub fn verify(buf: &[u8]) -> Result<Summary, Corrupt> {
         ));
     }
     check_depths(buf, node_count, record_size, ip_version)?;
-    // `maxminddb` decodes from the data section start to the end of the file.
+    // Data records are read from the data section start to the end of the file.
     let data = Walker {
         buf: &buf[data_start..],
     };
@@ -218,7 +219,8 @@ enum Leaf {
     Other,
 }
 
-/// Walks encoded values the way `maxminddb`'s decoder reads them, checking every bound.
+/// Walks encoded values as the MaxMind DB format lays them out (and `record` reads them),
+/// checking every bound.
 struct Walker<'a> {
     buf: &'a [u8],
 }
