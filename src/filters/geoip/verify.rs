@@ -66,6 +66,54 @@ fn corrupt<T>(msg: impl Into<String>) -> Result<T, Corrupt> {
 
 /// Checks `buf` as a MaxMind DB: metadata, search tree bounds and every reachable data record.
 pub fn verify(buf: &[u8]) -> Result<Summary, Corrupt> {
+    let (marker, meta) = read_metadata(buf)?;
+    let Metadata {
+        database_type,
+        node_count,
+        record_size,
+        ip_version,
+        build_epoch,
+    } = meta;
+    if !matches!(record_size, 24 | 28 | 32) {
+        return corrupt(format!("record size {record_size} (expected 24, 28 or 32)"));
+    }
+    if !matches!(ip_version, 4 | 6) {
+        return corrupt(format!("ip_version {ip_version} (expected 4 or 6)"));
+    }
+    let tree_size = node_count
+        .checked_mul(record_size)
+        .map(|n| n / 4)
+        .unwrap_or(usize::MAX);
+    let data_start = tree_size.saturating_add(DATA_SEPARATOR);
+    if data_start > marker {
+        return corrupt(format!(
+            "node count {node_count} needs a {tree_size}-byte search tree but the file has only {marker} bytes before its metadata"
+        ));
+    }
+    check_depths(buf, node_count, record_size, ip_version)?;
+    let data_records = check_data_records(buf, node_count, record_size, data_start)?;
+    Ok(Summary {
+        database_type,
+        ip_version,
+        node_count,
+        record_size,
+        build_epoch,
+        data_records,
+    })
+}
+
+/// The metadata fields verification needs.
+struct Metadata {
+    database_type: String,
+    node_count: usize,
+    record_size: usize,
+    ip_version: u64,
+    build_epoch: u64,
+}
+
+/// Finds, walks and reads the metadata at the end of `buf`; returns where its marker starts
+/// (the end of the data section) and its fields.
+fn read_metadata(buf: &[u8]) -> Result<(usize, Metadata), Corrupt> {
     let Some(marker) = memchr::memmem::rfind(buf, METADATA_MARKER) else {
         return corrupt("no MaxMind DB metadata marker (not an .mmdb file, or truncated)");
     };
@@ -102,23 +150,26 @@ pub fn verify(buf: &[u8]) -> Result<Summary, Corrupt> {
     if uint("binary_format_major_version")? != 2 {
         return corrupt("unsupported binary format (major version is not 2)");
     }
-    if !matches!(record_size, 24 | 28 | 32) {
-        return corrupt(format!("record size {record_size} (expected 24, 28 or 32)"));
-    }
-    if !matches!(ip_version, 4 | 6) {
-        return corrupt(format!("ip_version {ip_version} (expected 4 or 6)"));
-    }
-    let tree_size = node_count
-        .checked_mul(record_size)
-        .map(|n| n / 4)
-        .unwrap_or(usize::MAX);
-    let data_start = tree_size.saturating_add(DATA_SEPARATOR);
-    if data_start > marker {
-        return corrupt(format!(
-            "node count {node_count} needs a {tree_size}-byte search tree but the file has only {marker} bytes before its metadata"
-        ));
-    }
-    check_depths(buf, node_count, record_size, ip_version)?;
+    Ok((
+        marker,
+        Metadata {
+            database_type,
+            node_count,
+            record_size,
+            ip_version,
+            build_epoch,
+        },
+    ))
+}
+
+/// Walks every data record a search-tree record points at, each once; returns how many there
+/// are.
+fn check_data_records(
+    buf: &[u8],
+    node_count: usize,
+    record_size: usize,
+    data_start: usize,
+) -> Result<usize, Corrupt> {
     // Data records are read from the data section start to the end of the file.
     let data = Walker {
         buf: &buf[data_start..],
@@ -147,14 +198,7 @@ pub fn verify(buf: &[u8]) -> Result<Summary, Corrupt> {
             }
         }
     }
-    Ok(Summary {
-        database_type,
-        ip_version,
-        node_count,
-        record_size,
-        build_epoch,
-        data_records: records.count(),
-    })
+    Ok(records.count())
 }
 
 /// Every path from the root must leave the tree within the address's bits; otherwise a lookup
