@@ -1,6 +1,7 @@
 //! GeoIP lookups on the full-size GeoLite2-City database and user-agent parsing over a
 //! realistic mix of agents, with and without the caches, on one and on two threads.
 //!
+//! cargo build --release -p sheepdog-loadgen
 //! GEOLITE2_CITY=GeoLite2/GeoLite2-City.mmdb cargo bench --bench enrich
 //! (scripts/fetch-geolite2 puts the 2018 database there; without it the GeoIP benches fail
 //! with that hint.) The `loadgen_mix` rows take their client IPs from `sheepdog-loadgen gen`,
@@ -123,9 +124,26 @@ fn agent_stream(n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The release `sheepdog-loadgen` beside this bench (`target/release/deps/`): the tool is a
+/// workspace member of its own, which `cargo bench` does not build for this package.
+fn loadgen_bin() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("path of the bench executable");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/release/deps");
+    let bin = dir.join("sheepdog-loadgen");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --release -p sheepdog-loadgen` first",
+        bin.display()
+    );
+    bin
+}
+
 /// Client IPs as `sheepdog-loadgen gen` writes them (fixed seed).
 fn loadgen_ips(n: usize) -> Vec<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sheepdog-loadgen"))
+    let out = std::process::Command::new(loadgen_bin())
         .args(["gen", "--count", &n.to_string()])
         .output()
         .expect("run sheepdog-loadgen gen");

@@ -19,7 +19,7 @@ use clap::{Args, Parser, Subcommand};
 // Request-sized buffers come and go hundreds of times a second; mimalloc keeps their pages
 // instead of faulting fresh zeroed ones in from the kernel each time.
 #[global_allocator]
-static GLOBAL: sheepdog::alloc::Allocator = sheepdog::alloc::Allocator;
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
