@@ -9,15 +9,9 @@ use tokio_util::sync::CancellationToken;
 #[global_allocator]
 static GLOBAL: sheepdog::alloc::Allocator = sheepdog::alloc::Allocator;
 
-extern "C" {
-    // mimalloc's C API (linked through the `mimalloc` crate); `option` is `mi_option_t`.
-    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
-    fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
-}
-
-/// `mi_option_purge_delay`: the same index in mimalloc v2 and v3.
-const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
-const PR_SET_THP_DISABLE: std::ffi::c_int = 41;
+/// `mi_option_purge_delay`: libmimalloc-sys names only the older options, so this is its index
+/// in mimalloc's option table (the same in v2 and v3; the test below pins it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long freed allocator pages stay resident before they go back to the OS (mimalloc: 1 s;
 /// 100 ms cost about 0.2 us of CPU per event more at full speed for a few MB less), unless
@@ -32,21 +26,19 @@ const PURGE_DELAY_MS: std::ffi::c_long = 250;
 /// `MIMALLOC_PURGE_DELAY` wins.
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: PR_SET_THP_DISABLE takes one integer argument and touches no memory of ours.
-        // It fails only on kernels without it (< 3.15), where there is nothing to undo.
+        // prctl is variadic: each argument goes in as the unsigned long the kernel reads.
+        let (disable, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+        // SAFETY: PR_SET_THP_DISABLE reads one integer argument (the unused ones must be 0)
+        // and touches no memory of ours. It fails only on kernels without it (< 3.15), where
+        // there is nothing to undo, so the result is not checked.
         unsafe {
-            prctl(
-                PR_SET_THP_DISABLE,
-                1 as std::ffi::c_ulong,
-                0 as std::ffi::c_ulong,
-                0 as std::ffi::c_ulong,
-                0 as std::ffi::c_ulong,
-            );
+            libc::prctl(libc::PR_SET_THP_DISABLE, disable, unused, unused, unused);
         }
     }
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a plain integer option; mimalloc reads this one at each purge.
-        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
+        // SAFETY: sets a plain integer option, which mimalloc reads at each purge. The call is
+        // not thread-safe, and it runs first in `main`, before any other thread exists.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
     }
 }
 
@@ -175,6 +167,19 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Option 15 is the purge delay: the only option whose default is 1000 (ms, mimalloc v3).
+    #[test]
+    fn purge_delay_option_index() {
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: reads an integer option; nothing in this test binary sets it.
+            let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+            assert_eq!(delay, 1000);
         }
     }
 }
