@@ -150,27 +150,7 @@ pub fn compress_patchable(raw: &[u8], holes: &[usize], hole_len: usize) -> (Vec<
         let end = holes.get(next_hole).copied().unwrap_or(n);
         if pos + MIN_MATCH <= end {
             let h = hash(&raw[pos..]);
-            let (mut best_len, mut best_dist) = (0, 0);
-            let mut cand = head[h];
-            for _ in 0..CHAIN {
-                if cand == u32::MAX || pos - cand as usize > WINDOW {
-                    break;
-                }
-                let c = cand as usize;
-                let max = MAX_MATCH.min(end - pos).min(seg_end(c) - c);
-                let len = raw[c..c + max]
-                    .iter()
-                    .zip(&raw[pos..pos + max])
-                    .take_while(|(a, b)| a == b)
-                    .count();
-                if len > best_len {
-                    (best_len, best_dist) = (len, pos - c);
-                    if len == max {
-                        break;
-                    }
-                }
-                cand = prev[c];
-            }
+            let (best_len, best_dist) = longest_match(raw, pos, end, head[h], &prev, seg_end);
             prev[pos] = head[h];
             head[h] = pos as u32;
             if best_len >= MIN_MATCH {
@@ -194,6 +174,39 @@ pub fn compress_patchable(raw: &[u8], holes: &[usize], hole_len: usize) -> (Vec<
     bits.symbol(256);
     bits.align();
     (bits.out, stored_at)
+}
+
+/// The longest earlier match for the bytes at `pos` (up to `end`) along the hash chain that
+/// starts at `cand`, as (length, distance); a match never runs into a hole.
+fn longest_match(
+    raw: &[u8],
+    pos: usize,
+    end: usize,
+    mut cand: u32,
+    prev: &[u32],
+    seg_end: impl Fn(usize) -> usize,
+) -> (usize, usize) {
+    let (mut best_len, mut best_dist) = (0, 0);
+    for _ in 0..CHAIN {
+        if cand == u32::MAX || pos - cand as usize > WINDOW {
+            break;
+        }
+        let c = cand as usize;
+        let max = MAX_MATCH.min(end - pos).min(seg_end(c) - c);
+        let len = raw[c..c + max]
+            .iter()
+            .zip(&raw[pos..pos + max])
+            .take_while(|(a, b)| a == b)
+            .count();
+        if len > best_len {
+            (best_len, best_dist) = (len, pos - c);
+            if len == max {
+                break;
+            }
+        }
+        cand = prev[c];
+    }
+    (best_len, best_dist)
 }
 
 #[cfg(test)]

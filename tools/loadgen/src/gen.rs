@@ -351,6 +351,17 @@ impl Body {
 /// A few hundred distinct user agents: API client libraries (most LLM API traffic), desktop and
 /// mobile browsers assembled from real families, versions and platforms, and crawlers.
 pub fn user_agents() -> Vec<String> {
+    let mut v = api_client_agents();
+    v.extend(desktop_browser_agents());
+    v.extend(mobile_browser_agents());
+    v.extend(crawler_agents());
+    v.sort();
+    v.dedup();
+    zipf_order(v)
+}
+
+/// HTTP client libraries and SDKs as they name themselves, several versions each.
+fn api_client_agents() -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
     let clients: &[(&str, &[&str])] = &[
         (
@@ -392,6 +403,12 @@ pub fn user_agents() -> Vec<String> {
     v.push("Anthropic/Python 0.39.0".into());
     v.push("AsyncOpenAI/Python 1.54.0".into());
 
+    v
+}
+
+/// Chrome, Edge and Firefox on Windows, macOS and Linux over recent major versions.
+fn desktop_browser_agents() -> Vec<String> {
+    let mut v = Vec::new();
     let desktop_os = [
         "Windows NT 10.0; Win64; x64",
         "Macintosh; Intel Mac OS X 10_15_7",
@@ -422,6 +439,12 @@ pub fn user_agents() -> Vec<String> {
             ));
         }
     }
+    v
+}
+
+/// Safari on macOS, iOS and iPadOS, and Chrome on Android phones.
+fn mobile_browser_agents() -> Vec<String> {
+    let mut v = Vec::new();
     for (safari, webkit) in [
         ("16.6", "605.1.15"),
         ("17.0", "605.1.15"),
@@ -461,6 +484,12 @@ pub fn user_agents() -> Vec<String> {
             ));
         }
     }
+    v
+}
+
+/// Search-engine, AI and SEO crawlers.
+fn crawler_agents() -> Vec<String> {
+    let mut v = Vec::new();
     v.extend(
         [
             "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
@@ -476,9 +505,12 @@ pub fn user_agents() -> Vec<String> {
         ]
         .map(String::from),
     );
-    v.sort();
-    v.dedup();
-    // API clients first so that the Zipf pick favours them, then the rest in a fixed shuffle.
+    v
+}
+
+/// API clients first so that the Zipf pick favours them, then the browsers and crawlers, each
+/// group in a fixed shuffle.
+fn zipf_order(v: Vec<String>) -> Vec<String> {
     let (mut api, mut rest): (Vec<String>, Vec<String>) = v
         .into_iter()
         .partition(|u| !u.starts_with("Mozilla") && !u.starts_with("facebookexternalhit"));

@@ -110,6 +110,46 @@ fn request_head(target: &Target, len: usize) -> Vec<u8> {
     .into_bytes()
 }
 
+/// One keep-alive connection with its read buffers; dropped after a failure or a `close`.
+struct Conn {
+    stream: Option<TcpStream>,
+    buf: BytesMut,
+    scratch: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects if the last exchange left no connection.
+    async fn ensure_connected(&mut self, target: &Target) -> Result<()> {
+        if self.stream.is_none() {
+            self.stream = Some(connect(target).await?);
+        }
+        Ok(())
+    }
+
+    /// Writes one request and reads its response; an I/O error or `close` drops the connection.
+    async fn exchange(&mut self, head: &[u8], body: &[u8]) -> Result<Response> {
+        let Conn {
+            stream,
+            buf,
+            scratch,
+        } = self;
+        let Some(s) = stream.as_mut() else {
+            bail!("not connected");
+        };
+        let result = async {
+            s.write_all(head).await?;
+            s.write_all(body).await?;
+            read_response(s, buf, scratch).await
+        }
+        .await;
+        if result.as_ref().map_or(true, |r| r.close) {
+            *stream = None;
+            buf.clear();
+        }
+        result
+    }
+}
+
 async fn connection(
     opts: &HttpOptions,
     mut bodies: Vec<Body>,
@@ -120,10 +160,11 @@ async fn connection(
         .iter()
         .map(|b| request_head(&opts.target, b.bytes.len()))
         .collect();
-    let mut stream = Some(connect(&opts.target).await?);
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    let mut scratch = vec![0u8; 256 * 1024];
-    let counters = &run.counters;
+    let mut conn = Conn {
+        stream: Some(connect(&opts.target).await?),
+        buf: BytesMut::with_capacity(64 * 1024),
+        scratch: vec![0u8; 256 * 1024],
+    };
     let mut next = 0usize;
     loop {
         let n = run.budget.claim(opts.events_per_body);
@@ -140,61 +181,61 @@ async fn connection(
             partial_head = request_head(&opts.target, bodies[i].prefix(n).len());
             &partial_head
         };
-        let mut backoff = Duration::from_millis(20);
-        let mut io_failures = 0;
-        loop {
-            bodies[i].patch(now_us());
-            let body = bodies[i].prefix(n);
-            let s = match stream.as_mut() {
-                Some(s) => s,
-                None => stream.insert(connect(&opts.target).await?),
-            };
-            let result = async {
-                s.write_all(head).await?;
-                s.write_all(body).await?;
-                read_response(s, &mut buf, &mut scratch).await
-            }
-            .await;
-            counters.requests.fetch_add(1, Ordering::Relaxed);
-            let resp = match result {
-                Ok(r) => r,
-                Err(e) => {
-                    // The server closed a kept-alive connection or reset it: reconnect and resend.
-                    stream = None;
-                    buf.clear();
-                    io_failures += 1;
-                    if io_failures > 5 {
-                        return Err(e.context(format!("POST {} failed 6 times", opts.target.path)));
-                    }
-                    counters.retries.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
+        send_body(opts, &mut conn, head, &mut bodies[i], n, run).await?;
+    }
+}
+
+/// Sends the first `n` events of `body` until they are answered 2xx, refused for good, or the
+/// connection failed six times in a row; counts the outcome.
+async fn send_body(
+    opts: &HttpOptions,
+    conn: &mut Conn,
+    head: &[u8],
+    body: &mut Body,
+    n: usize,
+    run: &Run,
+) -> Result<()> {
+    let counters = &run.counters;
+    let mut backoff = Duration::from_millis(20);
+    let mut io_failures = 0;
+    loop {
+        body.patch(now_us());
+        let bytes = body.prefix(n);
+        conn.ensure_connected(&opts.target).await?;
+        let result = conn.exchange(head, bytes).await;
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // The server closed a kept-alive connection or reset it: reconnect and resend.
+                io_failures += 1;
+                if io_failures > 5 {
+                    return Err(e.context(format!("POST {} failed 6 times", opts.target.path)));
                 }
-            };
-            counters.status(resp.status);
-            if resp.close {
-                stream = None;
-                buf.clear();
-            }
-            if (200..300).contains(&resp.status) {
-                counters.events_ok.fetch_add(n as u64, Ordering::Relaxed);
-                counters
-                    .bytes
-                    .fetch_add((head.len() + body.len()) as u64, Ordering::Relaxed);
-                break;
-            }
-            if opts.retry && matches!(resp.status, 429 | 503) && !run.budget.stopped() {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
+        };
+        counters.status(resp.status);
+        if (200..300).contains(&resp.status) {
+            counters.events_ok.fetch_add(n as u64, Ordering::Relaxed);
             counters
-                .events_failed
-                .fetch_add(n as u64, Ordering::Relaxed);
-            break;
+                .bytes
+                .fetch_add((head.len() + bytes.len()) as u64, Ordering::Relaxed);
+            return Ok(());
         }
+        if opts.retry && matches!(resp.status, 429 | 503) && !run.budget.stopped() {
+            counters.retries.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        }
+        counters
+            .events_failed
+            .fetch_add(n as u64, Ordering::Relaxed);
+        return Ok(());
     }
 }
 

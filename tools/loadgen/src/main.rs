@@ -43,88 +43,100 @@ enum Cmd {
         count: u64,
     },
     /// POST NDJSON (or Elasticsearch bulk) bodies over keep-alive HTTP/1.1 connections.
-    Http {
-        /// Where to POST, e.g. http://127.0.0.1:8080/ or http://127.0.0.1:9200/_bulk.
-        #[arg(long)]
-        target: String,
-        /// Events per request body.
-        #[arg(long, default_value_t = 1000)]
-        events_per_body: usize,
-        /// Concurrent keep-alive connections.
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        /// Wrap each event in an Elasticsearch bulk `index` action (to drive the sink directly).
-        #[arg(long)]
-        bulk: bool,
-        /// Index named in the bulk actions.
-        #[arg(long, default_value = "loadgen", requires = "bulk")]
-        bulk_index: String,
-        /// Count 429/503 answers as failed instead of retrying the body after a backoff.
-        #[arg(long)]
-        no_retry: bool,
-        #[command(flatten)]
-        load: LoadArgs,
-        #[command(flatten)]
-        gen: GenArgs,
-    },
+    Http(HttpArgs),
     /// Send Lumberjack v2 windows like Filebeat 8 and wait for the acks.
-    Beats {
-        /// host:port of the Beats input, e.g. 127.0.0.1:5044.
-        #[arg(long)]
-        target: String,
-        /// Events per window.
-        #[arg(long, default_value_t = 2048)]
-        window: usize,
-        /// Concurrent connections.
-        #[arg(long, default_value_t = 1)]
-        connections: usize,
-        /// Windows sent before waiting for an ack (Filebeat's pipelining).
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
-        pipeline: u16,
-        /// Send the application event as the Beats event, without the fields Filebeat adds
-        /// (agent, host, log, the empty `message` of `json.keys_under_root`).
-        #[arg(long)]
-        raw: bool,
-        /// Send windows uncompressed, as Filebeat does with `compression_level: 0` (default:
-        /// one zlib-compressed frame per window, as with Filebeat's default level 3).
-        #[arg(long)]
-        uncompressed: bool,
-        #[command(flatten)]
-        load: LoadArgs,
-        #[command(flatten)]
-        gen: GenArgs,
-    },
+    Beats(BeatsArgs),
     /// Blackhole Elasticsearch bulk endpoint that counts documents and measures latency.
-    Sink {
-        /// Listen address; port 0 picks a free port. The URL is printed as JSON on stdout.
-        #[arg(long, default_value = "127.0.0.1:9200")]
-        addr: std::net::SocketAddr,
-        /// Also accept Beats (Lumberjack v2) here and ack every window; port 0 picks a free port,
-        /// printed as {"beats":"127.0.0.1:PORT"} on the second stdout line.
-        #[arg(long)]
-        beats_addr: Option<std::net::SocketAddr>,
-        /// Answer bulk requests with `"items":[]` instead of one result per action.
-        #[arg(long)]
-        no_items: bool,
-        /// Seconds between progress lines on stderr; 0 disables them.
-        #[arg(long, default_value_t = 5.0)]
-        report_interval: f64,
-        /// Exit with the summary after this many seconds.
-        #[arg(long)]
-        duration: Option<f64>,
-        /// Exit with the summary once this many documents arrived.
-        #[arg(long)]
-        expect: Option<u64>,
-        /// Append one JSON line per request to this file: arrival (unix µs), documents, bytes,
-        /// least and most end-to-end latency in it.
-        #[arg(long)]
-        trace: Option<std::path::PathBuf>,
-    },
+    Sink(SinkArgs),
     /// Print CPU seconds (utime+stime) and peak/current RSS of a process as JSON.
     Procstat {
         #[arg(long)]
         pid: u32,
     },
+}
+
+/// Options of `http`.
+#[derive(Args)]
+struct HttpArgs {
+    /// Where to POST, e.g. http://127.0.0.1:8080/ or http://127.0.0.1:9200/_bulk.
+    #[arg(long)]
+    target: String,
+    /// Events per request body.
+    #[arg(long, default_value_t = 1000)]
+    events_per_body: usize,
+    /// Concurrent keep-alive connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Wrap each event in an Elasticsearch bulk `index` action (to drive the sink directly).
+    #[arg(long)]
+    bulk: bool,
+    /// Index named in the bulk actions.
+    #[arg(long, default_value = "loadgen", requires = "bulk")]
+    bulk_index: String,
+    /// Count 429/503 answers as failed instead of retrying the body after a backoff.
+    #[arg(long)]
+    no_retry: bool,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    gen: GenArgs,
+}
+
+/// Options of `beats`.
+#[derive(Args)]
+struct BeatsArgs {
+    /// host:port of the Beats input, e.g. 127.0.0.1:5044.
+    #[arg(long)]
+    target: String,
+    /// Events per window.
+    #[arg(long, default_value_t = 2048)]
+    window: usize,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Windows sent before waiting for an ack (Filebeat's pipelining).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pipeline: u16,
+    /// Send the application event as the Beats event, without the fields Filebeat adds
+    /// (agent, host, log, the empty `message` of `json.keys_under_root`).
+    #[arg(long)]
+    raw: bool,
+    /// Send windows uncompressed, as Filebeat does with `compression_level: 0` (default:
+    /// one zlib-compressed frame per window, as with Filebeat's default level 3).
+    #[arg(long)]
+    uncompressed: bool,
+    #[command(flatten)]
+    load: LoadArgs,
+    #[command(flatten)]
+    gen: GenArgs,
+}
+
+/// Options of `sink`.
+#[derive(Args)]
+struct SinkArgs {
+    /// Listen address; port 0 picks a free port. The URL is printed as JSON on stdout.
+    #[arg(long, default_value = "127.0.0.1:9200")]
+    addr: std::net::SocketAddr,
+    /// Also accept Beats (Lumberjack v2) here and ack every window; port 0 picks a free port,
+    /// printed as {"beats":"127.0.0.1:PORT"} on the second stdout line.
+    #[arg(long)]
+    beats_addr: Option<std::net::SocketAddr>,
+    /// Answer bulk requests with `"items":[]` instead of one result per action.
+    #[arg(long)]
+    no_items: bool,
+    /// Seconds between progress lines on stderr; 0 disables them.
+    #[arg(long, default_value_t = 5.0)]
+    report_interval: f64,
+    /// Exit with the summary after this many seconds.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Exit with the summary once this many documents arrived.
+    #[arg(long)]
+    expect: Option<u64>,
+    /// Append one JSON line per request to this file: arrival (unix µs), documents, bytes,
+    /// least and most end-to-end latency in it.
+    #[arg(long)]
+    trace: Option<std::path::PathBuf>,
 }
 
 #[derive(Args)]
@@ -226,100 +238,86 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().cmd {
-        Cmd::Gen { gen, count } => {
-            let mut g = gen.generator();
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            let mut buf = Vec::with_capacity(1024);
-            for _ in 0..count {
-                buf.clear();
-                g.write_event(&mut buf);
-                buf.push(b'\n');
-                out.write_all(&buf)?;
-            }
-            out.flush()?;
-            Ok(())
-        }
-        Cmd::Http {
-            target,
-            events_per_body,
-            connections,
-            bulk,
-            bulk_index,
-            no_retry,
-            load,
-            gen,
-        } => {
-            if events_per_body == 0 || connections == 0 {
-                bail!("--events-per-body and --connections must be at least 1");
-            }
-            let opts = http::HttpOptions {
-                target: http::Target::parse(&target).context("--target")?,
-                connections,
-                events_per_body,
-                pool: gen.pool.unwrap_or(64),
-                bulk_index: bulk.then_some(bulk_index),
-                rate: load.rate,
-                retry: !no_retry,
-            };
-            let run = load.run("http")?;
-            let mut g = gen.generator();
-            drive(&load, std::sync::Arc::clone(&run), async move {
-                http::run(opts, &mut g, run).await
-            })
-        }
-        Cmd::Beats {
-            target,
-            window,
-            connections,
-            pipeline,
-            raw,
-            uncompressed,
-            load,
-            gen,
-        } => {
-            if window == 0 || connections == 0 {
-                bail!("--window and --connections must be at least 1");
-            }
-            let opts = beats::BeatsOptions {
-                addr: target,
-                connections,
-                window,
-                pool: gen.pool.unwrap_or(16),
-                pipeline: usize::from(pipeline),
-                raw,
-                uncompressed,
-                rate: load.rate,
-            };
-            let run = load.run("beats")?;
-            let mut g = gen.generator();
-            drive(&load, std::sync::Arc::clone(&run), async move {
-                beats::run(opts, &mut g, run).await
-            })
-        }
-        Cmd::Sink {
-            addr,
-            beats_addr,
-            no_items,
-            report_interval,
-            duration,
-            expect,
-            trace,
-        } => {
-            let opts = sink::SinkOptions {
-                addr,
-                beats_addr,
-                items: !no_items,
-                report_interval: Some(secs(report_interval, "--report-interval")?),
-                duration: duration.map(|d| secs(d, "--duration")).transpose()?,
-                expect,
-                trace,
-            };
-            runtime(1)?.block_on(sink::run(opts))
-        }
+        Cmd::Gen { gen, count } => print_events(&gen, count),
+        Cmd::Http(args) => run_http(args),
+        Cmd::Beats(args) => run_beats(args),
+        Cmd::Sink(args) => run_sink(args),
         Cmd::Procstat { pid } => {
             let p = stats::read_proc(&pid.to_string())?;
             println!("{}", p.to_json(&pid.to_string()));
             Ok(())
         }
     }
+}
+
+/// `gen`: writes `count` generated events to stdout as NDJSON.
+fn print_events(gen: &GenArgs, count: u64) -> Result<()> {
+    let mut g = gen.generator();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut buf = Vec::with_capacity(1024);
+    for _ in 0..count {
+        buf.clear();
+        g.write_event(&mut buf);
+        buf.push(b'\n');
+        out.write_all(&buf)?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// `http`: posts generated bodies to the target until the load is sent.
+fn run_http(a: HttpArgs) -> Result<()> {
+    if a.events_per_body == 0 || a.connections == 0 {
+        bail!("--events-per-body and --connections must be at least 1");
+    }
+    let opts = http::HttpOptions {
+        target: http::Target::parse(&a.target).context("--target")?,
+        connections: a.connections,
+        events_per_body: a.events_per_body,
+        pool: a.gen.pool.unwrap_or(64),
+        bulk_index: a.bulk.then_some(a.bulk_index),
+        rate: a.load.rate,
+        retry: !a.no_retry,
+    };
+    let run = a.load.run("http")?;
+    let mut g = a.gen.generator();
+    drive(&a.load, std::sync::Arc::clone(&run), async move {
+        http::run(opts, &mut g, run).await
+    })
+}
+
+/// `beats`: sends generated Lumberjack windows to the target until the load is sent.
+fn run_beats(a: BeatsArgs) -> Result<()> {
+    if a.window == 0 || a.connections == 0 {
+        bail!("--window and --connections must be at least 1");
+    }
+    let opts = beats::BeatsOptions {
+        addr: a.target,
+        connections: a.connections,
+        window: a.window,
+        pool: a.gen.pool.unwrap_or(16),
+        pipeline: usize::from(a.pipeline),
+        raw: a.raw,
+        uncompressed: a.uncompressed,
+        rate: a.load.rate,
+    };
+    let run = a.load.run("beats")?;
+    let mut g = a.gen.generator();
+    drive(&a.load, std::sync::Arc::clone(&run), async move {
+        beats::run(opts, &mut g, run).await
+    })
+}
+
+/// `sink`: runs the blackhole bulk (and Beats) endpoint until its exit condition.
+fn run_sink(a: SinkArgs) -> Result<()> {
+    let opts = sink::SinkOptions {
+        addr: a.addr,
+        beats_addr: a.beats_addr,
+        items: !a.no_items,
+        report_interval: Some(secs(a.report_interval, "--report-interval")?),
+        duration: a.duration.map(|d| secs(d, "--duration")).transpose()?,
+        expect: a.expect,
+        trace: a.trace,
+    };
+    runtime(1)?.block_on(sink::run(opts))
 }
