@@ -12,12 +12,11 @@ pub mod event;
 pub mod filters;
 pub mod health;
 pub mod inputs;
-pub mod json_bytes;
+pub mod json;
 pub mod metrics;
 pub mod outputs;
 pub mod pipeline;
 pub mod queue;
-pub mod ser;
 pub mod template;
 
 use std::path::PathBuf;

@@ -3,19 +3,14 @@
 #![no_main]
 
 // The decoder and what it builds on, compiled in from the daemon's sources.
-#[path = "../../src/json_bytes.rs"]
+#[path = "../../src/json/mod.rs"]
 #[allow(dead_code)]
-mod json_bytes;
-#[path = "../../src/ser.rs"]
-#[allow(dead_code)]
-mod ser;
+mod json;
 #[path = "../../src/event"]
 #[allow(dead_code)]
 mod event {
-    mod decode;
     mod fields;
-    pub use decode::decode_fields;
-    pub use fields::{FieldJson, Fields};
+    pub use fields::Fields;
 }
 
 use libfuzzer_sys::fuzz_target;
@@ -25,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let ours = event::decode_fields(text);
+    let ours = event::Fields::from_json_str(text);
     let theirs = serde_json::from_str::<Map<String, Value>>(text);
     match (ours, theirs) {
         (Ok(ours), Ok(theirs)) => assert_eq!(Value::from(ours), Value::Object(theirs)),

@@ -7,7 +7,7 @@
 //! (a GeoIP or user-agent answer from a cache) together with its compact JSON, so an event
 //! takes it with a reference count instead of a deep copy and outputs copy its bytes.
 
-use super::decode::{decode_fields, DecodeError};
+use crate::json::{decode_object, write, DecodeError, FieldJson, ObjectSink};
 use compact_str::CompactString;
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::{Map, Value};
@@ -32,7 +32,7 @@ pub struct SharedValue {
 impl SharedValue {
     pub fn new(value: Value) -> Arc<Self> {
         let mut json = Vec::new();
-        crate::ser::write_value(&value, &mut json);
+        write::write_value(&value, &mut json);
         Arc::new(SharedValue {
             value,
             json: json.into_boxed_slice(),
@@ -43,7 +43,7 @@ impl SharedValue {
         &self.value
     }
 
-    /// The value as compact JSON, byte for byte what [`crate::ser::write_value`] writes.
+    /// The value as compact JSON, byte for byte what [`write::write_value`] writes.
     pub fn json(&self) -> &[u8] {
         &self.json
     }
@@ -82,12 +82,6 @@ impl Slot {
                 .unwrap_or_else(|s| s.value.clone()),
         }
     }
-}
-
-/// A field as the outputs write it: a value, or JSON rendered before.
-pub enum FieldJson<'a> {
-    Value(&'a Value),
-    Json(&'a [u8]),
 }
 
 /// A key's length and three of its bytes in one word: a scan compares words and looks at the
@@ -262,6 +256,11 @@ impl Fields {
         })
     }
 
+    /// Appends the fields as a compact JSON object (shared values as their rendered JSON).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        write::write_members(self.iter_json(), out);
+    }
+
     /// A `serde_json` map of the fields (sorted by key), for callers that need one.
     pub fn to_map(&self) -> Map<String, Value> {
         self.iter()
@@ -271,13 +270,20 @@ impl Fields {
 
     /// Decodes a JSON object; anything else is an error.
     pub fn from_json_str(text: &str) -> Result<Fields, DecodeError> {
-        decode_fields(text)
+        let mut decoded = Decoded {
+            // Room for the document's fields and those the filters add, so the vector is not
+            // reallocated halfway through the pipeline.
+            fields: Fields::with_capacity(32),
+            index: None,
+        };
+        decode_object(text, &mut decoded)?;
+        Ok(decoded.fields)
     }
 
     /// Decodes a JSON object from bytes, which must be UTF-8.
     pub fn from_json_slice(bytes: &[u8]) -> Result<Fields, DecodeError> {
         match std::str::from_utf8(bytes) {
-            Ok(text) => decode_fields(text),
+            Ok(text) => Fields::from_json_str(text),
             Err(e) => Err(DecodeError {
                 reason: "invalid UTF-8",
                 offset: e.valid_up_to(),
@@ -334,15 +340,24 @@ impl Serialize for Fields {
     }
 }
 
+/// Fields being decoded, with the index of their keys once there are many.
+struct Decoded {
+    fields: Fields,
+    index: Option<HashMap<Key, usize>>,
+}
+
+impl ObjectSink for Decoded {
+    #[inline]
+    fn member(&mut self, name: &str, value: Value) {
+        self.fields
+            .push_decoded(Key::from(name), value, &mut self.index);
+    }
+}
+
 impl Fields {
     /// Adds a decoded field; a repeated key replaces the earlier value (last one wins, as
     /// `serde_json` maps decode).
-    pub(super) fn push_decoded(
-        &mut self,
-        key: Key,
-        value: Value,
-        index: &mut Option<HashMap<Key, usize>>,
-    ) {
+    fn push_decoded(&mut self, key: Key, value: Value, index: &mut Option<HashMap<Key, usize>>) {
         if index.is_none() && self.entries.len() >= SCAN_LIMIT {
             let built = self
                 .entries

@@ -1,11 +1,10 @@
 //! The event flowing through the pipeline: a JSON object, its `@metadata` (never indexed),
 //! Logstash-style field paths (`[a][b]`) and the event's timestamp kept as epoch milliseconds.
 
-mod decode;
 mod fields;
 
-pub use decode::DecodeError;
-pub use fields::{key_tag, FieldJson, Fields, Key, SharedValue};
+pub use crate::json::{DecodeError, FieldJson};
+pub use fields::{key_tag, Fields, Key, SharedValue};
 
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use serde_json::{Map, Value};

@@ -67,7 +67,7 @@ impl Output for FileOutput {
         Box::pin(async move {
             let mut buf = Vec::with_capacity(events.len() * 256);
             for e in events {
-                crate::ser::write_fields(e.fields(), &mut buf);
+                e.fields().write_json(&mut buf);
                 buf.push(b'\n');
             }
             let _ = self.tx.send(buf).await;

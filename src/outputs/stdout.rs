@@ -60,9 +60,9 @@ impl Output for StdoutOutput {
                         crate::event::METADATA,
                         serde_json::Value::from(e.metadata().clone()),
                     );
-                    crate::ser::write_fields(&doc, &mut buf);
+                    doc.write_json(&mut buf);
                 } else {
-                    crate::ser::write_fields(e.fields(), &mut buf);
+                    e.fields().write_json(&mut buf);
                 }
                 buf.push(b'\n');
             }

@@ -122,7 +122,7 @@ impl Encoder {
                 }
             }
             // A document of JSON values always serialises; this writer escapes faster.
-            crate::ser::write_fields(event.fields(), &mut chunk.buf);
+            event.fields().write_json(&mut chunk.buf);
             chunk.buf.push(b'\n');
             chunk.ends.push(chunk.buf.len() as u32);
         }

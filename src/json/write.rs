@@ -1,15 +1,21 @@
-//! Compact JSON writing of event documents for the outputs, byte for byte what
+//! Compact JSON writing of documents for the outputs, byte for byte what
 //! `serde_json::to_writer` writes, with string escaping that skips eight clean bytes at a time
 //! (serde_json looks up every byte in its escape table, the largest cost of bulk encoding).
 
-use crate::event::{FieldJson, Fields};
+use super::scan::plain_run;
 use serde::Serialize;
 use serde_json::{Map, Value};
+
+/// An object member's value as the outputs write it: a value, or JSON rendered before.
+pub enum FieldJson<'a> {
+    Value(&'a Value),
+    Json(&'a [u8]),
+}
 
 /// True when `bytes` holds a byte that JSON must escape.
 #[inline]
 fn has_escapes(bytes: &[u8]) -> bool {
-    crate::json_bytes::plain_run(bytes) < bytes.len()
+    plain_run(bytes) < bytes.len()
 }
 
 /// Appends `s` as a JSON string literal, escaped as serde_json escapes it.
@@ -81,11 +87,6 @@ pub fn write_value(value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends an event's fields as a compact JSON object (shared values as their rendered JSON).
-pub fn write_fields(fields: &Fields, out: &mut Vec<u8>) {
-    write_members(fields.iter_json(), out);
-}
-
 /// Appends `map` as a compact JSON object.
 pub fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
     write_members(
@@ -94,7 +95,11 @@ pub fn write_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
     );
 }
 
-fn write_members<'a>(members: impl Iterator<Item = (&'a str, FieldJson<'a>)>, out: &mut Vec<u8>) {
+/// Appends `members` as a compact JSON object, rendered JSON copied as it is.
+pub fn write_members<'a>(
+    members: impl Iterator<Item = (&'a str, FieldJson<'a>)>,
+    out: &mut Vec<u8>,
+) {
     out.push(b'{');
     for (i, (key, member)) in members.enumerate() {
         if i > 0 {

@@ -1,12 +1,11 @@
-//! A JSON decoder for event documents: one pass over the text straight into [`Fields`] and
-//! `serde_json` values, without serde's visitor layers. It accepts exactly what `serde_json`
+//! A JSON decoder for event documents: one pass over the text straight into an [`ObjectSink`]
+//! (the event's fields) and `serde_json` values, without serde's visitor layers. It accepts exactly what `serde_json`
 //! accepts (RFC 8259, nesting up to 128 levels, no lone surrogates, no raw control characters
 //! in strings) and builds the same values: integers as `u64`/`i64` where they fit (`-0` and
 //! integers out of range as `f64`, as `serde_json` does), other numbers as correctly rounded
 //! `f64`, a repeated key's last value. Strings without escapes are copied in one piece.
 
-use super::fields::{Fields, Key};
-use crate::json_bytes::plain_run;
+use super::scan::plain_run;
 use serde_json::{Map, Number, Value};
 use std::fmt;
 
@@ -31,8 +30,22 @@ impl std::error::Error for DecodeError {}
 
 type Result<T> = std::result::Result<T, DecodeError>;
 
-/// Decodes a JSON object into fields; anything else (or trailing text) is an error.
-pub fn decode_fields(text: &str) -> Result<Fields> {
+/// Receives the members of the decoded top-level object, in arrival order.
+pub trait ObjectSink {
+    /// Adds a member; a repeated name must replace the earlier value (the last one wins, as
+    /// `serde_json` maps decode).
+    fn member(&mut self, name: &str, value: Value);
+}
+
+/// Collects members into a `serde_json` map.
+impl ObjectSink for Map<String, Value> {
+    fn member(&mut self, name: &str, value: Value) {
+        self.insert(name.to_owned(), value);
+    }
+}
+
+/// Decodes a JSON object into `sink`; anything else (or trailing text) is an error.
+pub fn decode_object<S: ObjectSink>(text: &str, sink: &mut S) -> Result<()> {
     let mut p = Parser {
         b: text.as_bytes(),
         text,
@@ -45,12 +58,16 @@ pub fn decode_fields(text: &str) -> Result<Fields> {
         return Err(p.err("expected a JSON object"));
     }
     p.pos += 1;
-    let fields = p.fields()?;
+    p.members(|p, name| {
+        let value = p.value()?;
+        sink.member(name.as_str(), value);
+        Ok(())
+    })?;
     p.skip_ws();
     if p.pos != p.b.len() {
         return Err(p.err("trailing characters after the object"));
     }
-    Ok(fields)
+    Ok(())
 }
 
 struct Parser<'a> {
@@ -91,21 +108,6 @@ impl<'a> Parser<'a> {
         } else {
             Err(self.err(reason))
         }
-    }
-
-    /// The members of an object whose `{` was consumed, as fields.
-    fn fields(&mut self) -> Result<Fields> {
-        // Room for the document's fields and those the filters add, so the vector is not
-        // reallocated halfway through the pipeline.
-        let mut fields = Fields::with_capacity(32);
-        let mut index = None;
-        self.members(|p, key| {
-            let key = Key::from(key.as_str());
-            let value = p.value()?;
-            fields.push_decoded(key, value, &mut index);
-            Ok(())
-        })?;
-        Ok(fields)
     }
 
     /// Walks the members of an object whose `{` was consumed, up to its `}`, handing each name
@@ -432,14 +434,19 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Decodes `text` into a map.
+    fn decode_fields(text: &str) -> Result<Map<String, Value>> {
+        let mut map = Map::new();
+        decode_object(text, &mut map)?;
+        Ok(map)
+    }
+
     /// Decodes `text` both ways and checks that the outcomes agree.
     fn same_as_serde_json(text: &str) {
         let ours = decode_fields(text);
         let theirs = serde_json::from_str::<Map<String, Value>>(text);
         match (ours, theirs) {
-            (Ok(ours), Ok(theirs)) => {
-                assert_eq!(Value::from(ours), Value::Object(theirs), "{text}")
-            }
+            (Ok(ours), Ok(theirs)) => assert_eq!(ours, theirs, "{text}"),
             (Err(_), Err(_)) => {}
             (ours, theirs) => panic!("{text}: ours {ours:?}, serde_json {theirs:?}"),
         }
@@ -526,10 +533,21 @@ mod tests {
     }
 
     #[test]
-    fn keeps_arrival_order_and_the_last_duplicate() {
-        let f = decode_fields(r#"{"z":1,"a":2,"z":3}"#).unwrap();
-        assert_eq!(f.keys().collect::<Vec<_>>(), ["z", "a"]);
-        assert_eq!(f["z"], json!(3));
+    fn hands_members_over_in_arrival_order_duplicates_included() {
+        struct Members(Vec<(String, Value)>);
+        impl ObjectSink for Members {
+            fn member(&mut self, name: &str, value: Value) {
+                self.0.push((name.to_owned(), value));
+            }
+        }
+        let mut members = Members(Vec::new());
+        decode_object(r#"{"z":1,"a":2,"z":3}"#, &mut members).unwrap();
+        let expected = [("z", json!(1)), ("a", json!(2)), ("z", json!(3))];
+        assert_eq!(members.0, expected.map(|(k, v)| (k.to_owned(), v)));
+        assert_eq!(
+            decode_fields(r#"{"z":1,"a":2,"z":3}"#).unwrap()["z"],
+            json!(3)
+        );
     }
 
     #[test]
