@@ -210,9 +210,46 @@ impl Config {
         out
     }
 
+    /// Validates the whole configuration into settings, or every problem found.
     fn settings(&self, ctx: &BuildContext) -> Result<Settings, Vec<Problem>> {
         let mut problems = Vec::new();
         let hosts = self.hosts(&mut problems);
+        let index = self.index_template(&mut problems);
+        let authorization = self.authorization(&mut problems);
+        let gzip = self.gzip(&mut problems);
+        let tls_ca_pem = self.tls_ca_pem(&mut problems);
+        self.check_limits(&mut problems);
+        let template = self.template_install(&mut problems);
+        let dead_letter_path = self.dead_letter_path(ctx, &mut problems);
+        match (problems.is_empty(), index) {
+            (true, Some(index)) => Ok(Settings {
+                service: service::ServiceConfig {
+                    hosts,
+                    authorization,
+                    request_timeout: self.request_timeout,
+                    gzip,
+                    tls_ca_pem,
+                    tls_skip_verify: self.tls_skip_verify,
+                    dead_host_pause: self.retry_max_backoff.min(Duration::from_secs(5)),
+                },
+                index,
+                template,
+                dead_letter_path,
+                batch_max_events: self.batch_max_events,
+                batch_max_bytes: usize::try_from(self.batch_max_bytes).unwrap_or(usize::MAX),
+                flush_interval: self.flush_interval,
+                max_in_flight: self.max_in_flight,
+                queue_max_events: self.queue_max_events,
+                max_retries: self.max_retries,
+                backoff_initial: self.retry_initial_backoff,
+                backoff_max: self.retry_max_backoff,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The index name template, compiled; an empty or upper-case name is a problem.
+    fn index_template(&self, problems: &mut Vec<Problem>) -> Option<Template> {
         let index = match Template::compile(&self.index) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -237,6 +274,11 @@ impl Config {
                 .hint("Elasticsearch index names must be lower case"),
             );
         }
+        index
+    }
+
+    /// The `Authorization` header value: an API key, basic auth, or none.
+    fn authorization(&self, problems: &mut Vec<Problem>) -> Option<String> {
         let authorization = if !self.api_key.is_empty() {
             if !self.password.is_empty() {
                 problems.push(
@@ -261,6 +303,11 @@ impl Config {
         } else {
             None
         };
+        authorization
+    }
+
+    /// Whether bulk bodies are gzipped.
+    fn gzip(&self, problems: &mut Vec<Problem>) -> bool {
         let gzip = match self.compression.as_str() {
             "none" | "" => false,
             "gzip" => true,
@@ -272,6 +319,11 @@ impl Config {
                 false
             }
         };
+        gzip
+    }
+
+    /// The CA bundle file's PEM bytes, checked to hold a certificate.
+    fn tls_ca_pem(&self, problems: &mut Vec<Problem>) -> Option<Vec<u8>> {
         let tls_ca_pem = match &self.tls_ca {
             None => None,
             Some(path) => match std::fs::read(path) {
@@ -296,6 +348,11 @@ impl Config {
                 }
             },
         };
+        tls_ca_pem
+    }
+
+    /// Checks that sizes, intervals and backoffs are positive.
+    fn check_limits(&self, problems: &mut Vec<Problem>) {
         for (key, value) in [
             ("batch_max_events", self.batch_max_events),
             ("max_in_flight", self.max_in_flight),
@@ -329,6 +386,10 @@ impl Config {
                 .hint("e.g. retry_initial_backoff = \"100ms\", retry_max_backoff = \"10s\""),
             );
         }
+    }
+
+    /// The index template to install, its name and pattern derived from `index` by default.
+    fn template_install(&self, problems: &mut Vec<Problem>) -> Option<TemplateInstall> {
         let prefix = self
             .index
             .split("%{")
@@ -373,6 +434,11 @@ impl Config {
         } else {
             None
         };
+        template
+    }
+
+    /// Where refused documents go, checked to be a file path.
+    fn dead_letter_path(&self, ctx: &BuildContext, problems: &mut Vec<Problem>) -> PathBuf {
         let dead_letter_path = self
             .dead_letter_path
             .clone()
@@ -386,31 +452,7 @@ impl Config {
                 .hint("e.g. \"data/dead_letter.ndjson\""),
             );
         }
-        match (problems.is_empty(), index) {
-            (true, Some(index)) => Ok(Settings {
-                service: service::ServiceConfig {
-                    hosts,
-                    authorization,
-                    request_timeout: self.request_timeout,
-                    gzip,
-                    tls_ca_pem,
-                    tls_skip_verify: self.tls_skip_verify,
-                    dead_host_pause: self.retry_max_backoff.min(Duration::from_secs(5)),
-                },
-                index,
-                template,
-                dead_letter_path,
-                batch_max_events: self.batch_max_events,
-                batch_max_bytes: usize::try_from(self.batch_max_bytes).unwrap_or(usize::MAX),
-                flush_interval: self.flush_interval,
-                max_in_flight: self.max_in_flight,
-                queue_max_events: self.queue_max_events,
-                max_retries: self.max_retries,
-                backoff_initial: self.retry_initial_backoff,
-                backoff_max: self.retry_max_backoff,
-            }),
-            _ => Err(problems),
-        }
+        dead_letter_path
     }
 
     pub fn start(&self, id: &str, ctx: &BuildContext) -> anyhow::Result<Started> {

@@ -250,6 +250,7 @@ impl Sink {
         drop(batch);
     }
 
+    /// Sends `items` until each is indexed, dead-lettered or split off into `work`.
     async fn deliver_items(&self, joined: &Joined, mut items: Vec<u32>, work: &mut Vec<Vec<u32>>) {
         let whole_batch = items.len() == joined.len();
         let mut attempt: u32 = 0;
@@ -257,12 +258,7 @@ impl Sink {
             let body = if whole_batch && attempt == 0 {
                 joined.bytes.clone()
             } else {
-                let mut body =
-                    Vec::with_capacity(items.iter().map(|&i| joined.item(i).len()).sum());
-                for &i in &items {
-                    body.extend_from_slice(joined.item(i));
-                }
-                bytes::Bytes::from(body)
+                joined.body_of(&items)
             };
             let started = Instant::now();
             let result = self.service.bulk(body).await;
@@ -276,93 +272,126 @@ impl Sink {
                     tracing::warn!(output = %self.id, host = %e.host, reason = %e.reason, documents = items.len(), attempt, "bulk request failed; will retry");
                     e.reason
                 }
-                Ok(reply) => match retry::classify(reply.status, &reply.body, items.len()) {
-                    Verdict::AllIndexed => {
-                        self.metrics.bulk_ok.inc();
-                        self.metrics.indexed.add(items.len() as u64);
-                        self.health.ok();
-                        return;
-                    }
-                    Verdict::Items {
-                        retry: to_retry,
-                        rejected,
-                    } => {
-                        self.metrics.bulk_partial.inc();
-                        self.health.ok();
-                        let done = items.len() - to_retry.len() - rejected.len();
-                        self.metrics.indexed.add(done as u64);
-                        if !rejected.is_empty() {
-                            let letters: Vec<(usize, u16, &str, &str)> = rejected
-                                .iter()
-                                .map(|r| {
-                                    (r.item, r.status, r.error_type.as_str(), r.reason.as_str())
-                                })
-                                .collect();
-                            self.dead_letter(&letters, &items, joined);
-                        }
-                        if to_retry.is_empty() {
-                            return;
-                        }
-                        self.metrics.retried_docs.add(to_retry.len() as u64);
-                        tracing::warn!(output = %self.id, documents = to_retry.len(), attempt, "Elasticsearch pushed back on some documents; resending them");
-                        items = to_retry.into_iter().map(|i| items[i]).collect();
-                        format!("{} documents pushed back", items.len())
-                    }
-                    Verdict::RetryAll { reason } => {
-                        self.metrics.bulk_retry.inc();
-                        let reason = format!("bulk to {} failed: {reason}", reply.host);
-                        if reply.status == 429 {
-                            self.health.set(Status::Degraded, reason.clone());
-                        } else {
-                            self.health.set(Status::Down, reason.clone());
-                        }
-                        tracing::warn!(output = %self.id, status = reply.status, reason = %reason, documents = items.len(), attempt, "bulk request not accepted; will retry");
-                        reason
-                    }
-                    Verdict::Split if items.len() > 1 => {
-                        self.metrics.bulk_retry.inc();
-                        tracing::warn!(output = %self.id, documents = items.len(), "bulk request too large (413); splitting it");
-                        let second = items.split_off(items.len() / 2);
-                        work.push(second);
-                        work.push(items);
-                        return;
-                    }
-                    Verdict::Split => {
-                        self.metrics.bulk_rejected.inc();
-                        let reason = "document larger than the cluster's http.max_content_length";
-                        self.dead_letter(
-                            &[(0, 413, "request_entity_too_large", reason)],
-                            &items,
-                            joined,
-                        );
-                        return;
-                    }
-                    Verdict::RejectAll { status, reason } => {
-                        self.metrics.bulk_rejected.inc();
-                        tracing::error!(output = %self.id, status, reason = %reason, documents = items.len(), "bulk request refused; dead-lettering its documents");
-                        let letters: Vec<(usize, u16, &str, &str)> = (0..items.len())
-                            .map(|i| (i, status, "bulk_request_refused", reason.as_str()))
-                            .collect();
-                        self.dead_letter(&letters, &items, joined);
-                        return;
-                    }
+                Ok(reply) => match self.settle(&reply, &mut items, joined, work, attempt) {
+                    Attempt::Done => return,
+                    Attempt::Resend(reason) => reason,
                 },
             };
-            if let Some(max) = self.settings.max_retries {
-                if attempt >= max {
-                    let why = format!("gave up after {} attempts: {reason}", attempt + 1);
-                    tracing::error!(output = %self.id, documents = items.len(), reason = %why, "dead-lettering undelivered documents (max_retries)");
-                    let letters: Vec<(usize, u16, &str, &str)> = (0..items.len())
-                        .map(|i| (i, 0, "retries_exhausted", why.as_str()))
-                        .collect();
-                    self.dead_letter(&letters, &items, joined);
-                    return;
-                }
+            if self.out_of_retries(attempt, &reason, &items, joined) {
+                return;
             }
             self.metrics.retries.inc();
             self.pause(attempt).await;
             attempt = attempt.saturating_add(1);
         }
+    }
+
+    /// Acts on the cluster's answer to a bulk request of `items`: counts the indexed,
+    /// dead-letters the refused, splits a request too large, and leaves in `items` what to resend.
+    fn settle(
+        &self,
+        reply: &Reply,
+        items: &mut Vec<u32>,
+        joined: &Joined,
+        work: &mut Vec<Vec<u32>>,
+        attempt: u32,
+    ) -> Attempt {
+        match retry::classify(reply.status, &reply.body, items.len()) {
+            Verdict::AllIndexed => {
+                self.metrics.bulk_ok.inc();
+                self.metrics.indexed.add(items.len() as u64);
+                self.health.ok();
+                Attempt::Done
+            }
+            Verdict::Items { retry, rejected } => {
+                self.settle_items(&retry, &rejected, items, joined, attempt)
+            }
+            Verdict::RetryAll { reason } => {
+                self.metrics.bulk_retry.inc();
+                let reason = format!("bulk to {} failed: {reason}", reply.host);
+                if reply.status == 429 {
+                    self.health.set(Status::Degraded, reason.clone());
+                } else {
+                    self.health.set(Status::Down, reason.clone());
+                }
+                tracing::warn!(output = %self.id, status = reply.status, reason = %reason, documents = items.len(), attempt, "bulk request not accepted; will retry");
+                Attempt::Resend(reason)
+            }
+            Verdict::Split if items.len() > 1 => {
+                self.metrics.bulk_retry.inc();
+                tracing::warn!(output = %self.id, documents = items.len(), "bulk request too large (413); splitting it");
+                let second = items.split_off(items.len() / 2);
+                work.push(second);
+                work.push(std::mem::take(items));
+                Attempt::Done
+            }
+            Verdict::Split => {
+                self.metrics.bulk_rejected.inc();
+                let reason = "document larger than the cluster's http.max_content_length";
+                self.dead_letter(
+                    &[(0, 413, "request_entity_too_large", reason)],
+                    items,
+                    joined,
+                );
+                Attempt::Done
+            }
+            Verdict::RejectAll { status, reason } => {
+                self.metrics.bulk_rejected.inc();
+                tracing::error!(output = %self.id, status, reason = %reason, documents = items.len(), "bulk request refused; dead-lettering its documents");
+                let letters: Vec<(usize, u16, &str, &str)> = (0..items.len())
+                    .map(|i| (i, status, "bulk_request_refused", reason.as_str()))
+                    .collect();
+                self.dead_letter(&letters, items, joined);
+                Attempt::Done
+            }
+        }
+    }
+
+    /// Acts on per-item results: counts the indexed, dead-letters the refused, and leaves in
+    /// `items` those pushed back (positions `to_retry`).
+    fn settle_items(
+        &self,
+        to_retry: &[usize],
+        rejected: &[retry::Rejection],
+        items: &mut Vec<u32>,
+        joined: &Joined,
+        attempt: u32,
+    ) -> Attempt {
+        self.metrics.bulk_partial.inc();
+        self.health.ok();
+        let done = items.len() - to_retry.len() - rejected.len();
+        self.metrics.indexed.add(done as u64);
+        if !rejected.is_empty() {
+            let letters: Vec<(usize, u16, &str, &str)> = rejected
+                .iter()
+                .map(|r| (r.item, r.status, r.error_type.as_str(), r.reason.as_str()))
+                .collect();
+            self.dead_letter(&letters, items, joined);
+        }
+        if to_retry.is_empty() {
+            return Attempt::Done;
+        }
+        self.metrics.retried_docs.add(to_retry.len() as u64);
+        tracing::warn!(output = %self.id, documents = to_retry.len(), attempt, "Elasticsearch pushed back on some documents; resending them");
+        *items = to_retry.iter().map(|&i| items[i]).collect();
+        Attempt::Resend(format!("{} documents pushed back", items.len()))
+    }
+
+    /// With `max_retries` reached, dead-letters `items` and says so.
+    fn out_of_retries(&self, attempt: u32, reason: &str, items: &[u32], joined: &Joined) -> bool {
+        let Some(max) = self.settings.max_retries else {
+            return false;
+        };
+        if attempt < max {
+            return false;
+        }
+        let why = format!("gave up after {} attempts: {reason}", attempt + 1);
+        tracing::error!(output = %self.id, documents = items.len(), reason = %why, "dead-lettering undelivered documents (max_retries)");
+        let letters: Vec<(usize, u16, &str, &str)> = (0..items.len())
+            .map(|i| (i, 0, "retries_exhausted", why.as_str()))
+            .collect();
+        self.dead_letter(&letters, items, joined);
+        true
     }
 
     /// Writes refused items (positions in `items`) to the dead-letter file.
@@ -393,6 +422,14 @@ impl Sink {
             }
         }
     }
+}
+
+/// What is left of a bulk request after the cluster's answer.
+enum Attempt {
+    /// Nothing: every item was indexed, dead-lettered or split off into new work.
+    Done,
+    /// The items left are to be sent again; why, for the give-up message.
+    Resend(String),
 }
 
 enum TemplateError {
@@ -445,6 +482,15 @@ impl Joined {
         let i = i as usize;
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.bytes[start..self.ends[i] as usize]
+    }
+
+    /// A request body of `items` alone, copied out.
+    fn body_of(&self, items: &[u32]) -> bytes::Bytes {
+        let mut body = Vec::with_capacity(items.iter().map(|&i| self.item(i).len()).sum());
+        for &i in items {
+            body.extend_from_slice(self.item(i));
+        }
+        bytes::Bytes::from(body)
     }
 }
 
@@ -592,8 +638,10 @@ fn reap(sink: &Sink, done: Option<Result<(), tokio::task::JoinError>>) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{Chunk, Encoder};
     use super::*;
     use crate::event::Event;
+    use std::path::Path;
     use std::sync::Mutex;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -793,15 +841,7 @@ mod tests {
         .await;
         let dir = tempfile::tempdir().unwrap();
         // Default batching: 2000 events or 50 ms.
-        let config: super::super::Config = toml::from_str(&format!(
-            "hosts = \"{url}\"\nindex = \"logs-%{{+YYYY.MM.dd}}\""
-        ))
-        .unwrap();
-        let ctx = BuildContext::new(dir.path().to_path_buf(), CancellationToken::new());
-        let settings = config.settings(&ctx).unwrap_or_else(|p| panic!("{p:?}"));
-        let service = Service::new(&settings.service).unwrap();
-        let metrics = Metrics::register("es", &ctx);
-        let sink = Sink::new("es", settings, service, metrics.clone(), &ctx);
+        let (sink, metrics, _) = sink_for(&url, "", dir.path());
         let (tx, rx) = mpsc::channel(4);
         let task = tokio::spawn(run(sink, rx));
         let permits = Arc::new(Semaphore::new(10));
@@ -826,12 +866,28 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test]
-    async fn resends_only_pushed_back_items_and_dead_letters_refused_ones() {
+    /// A sink for an index `logs-%{+YYYY.MM.dd}` on the cluster at `url`, with `extra`
+    /// configuration lines, its metrics and an encoder for its index.
+    fn sink_for(url: &str, extra: &str, data_dir: &Path) -> (Arc<Sink>, Metrics, Encoder) {
+        let config: super::super::Config = toml::from_str(&format!(
+            "hosts = \"{url}\"\nindex = \"logs-%{{+YYYY.MM.dd}}\"\n{extra}"
+        ))
+        .unwrap();
+        let ctx = BuildContext::new(data_dir.to_path_buf(), CancellationToken::new());
+        let settings = config.settings(&ctx).unwrap_or_else(|p| panic!("{p:?}"));
+        let service = Service::new(&settings.service).unwrap();
+        let metrics = Metrics::register("es", &ctx);
+        let encoder = Encoder::new(settings.index.clone());
+        let sink = Sink::new("es", settings, service, metrics.clone(), &ctx);
+        (sink, metrics, encoder)
+    }
+
+    /// A bulk reply for three items: indexed, pushed back (429), refused (400).
+    fn partial_bulk_reply() -> String {
         let item = |status: u16, error: &str| {
             format!(r#"{{"index":{{"_index":"logs-2026.11.27","status":{status}{error}}}}}"#)
         };
-        let first = format!(
+        format!(
             r#"{{"errors":true,"items":[{},{},{}]}}"#,
             item(201, ""),
             item(
@@ -842,7 +898,27 @@ mod tests {
                 400,
                 r#","error":{"type":"mapper_parsing_exception","reason":"failed to parse field [n]"}"#
             ),
-        );
+        )
+    }
+
+    /// Three events `{"n": 0..3}` encoded into one chunk.
+    fn three_event_chunk(encoder: &Encoder) -> Chunk {
+        let events: Vec<Event> = (0..3)
+            .map(|i| {
+                let mut m = serde_json::Map::new();
+                m.insert("n".into(), i.into());
+                Event::from_map(m, 1_795_774_502_123)
+            })
+            .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        let mut chunk = Chunk::default();
+        encoder.encode(&refs, &mut chunk);
+        chunk
+    }
+
+    #[tokio::test]
+    async fn resends_only_pushed_back_items_and_dead_letters_refused_ones() {
+        let first = partial_bulk_reply();
         let (url, seen) = scripted_cluster(vec![
             ("HEAD /_index_template/logs ", 404, String::new()),
             (
@@ -855,27 +931,9 @@ mod tests {
         ])
         .await;
         let dir = tempfile::tempdir().unwrap();
-        let config: super::super::Config = toml::from_str(&format!(
-            "hosts = \"{url}\"\nindex = \"logs-%{{+YYYY.MM.dd}}\"\nretry_initial_backoff = \"10ms\"\nflush_interval = \"10ms\""
-        ))
-        .unwrap();
-        let ctx = BuildContext::new(dir.path().to_path_buf(), CancellationToken::new());
-        let settings = config.settings(&ctx).unwrap_or_else(|p| panic!("{p:?}"));
-        let service = Service::new(&settings.service).unwrap();
-        let metrics = Metrics::register("es", &ctx);
-        let encoder = super::super::Encoder::new(settings.index.clone());
-        let sink = Sink::new("es", settings, service, metrics.clone(), &ctx);
-
-        let events: Vec<Event> = (0..3)
-            .map(|i| {
-                let mut m = serde_json::Map::new();
-                m.insert("n".into(), i.into());
-                Event::from_map(m, 1_795_774_502_123)
-            })
-            .collect();
-        let refs: Vec<&Event> = events.iter().collect();
-        let mut chunk = super::super::Chunk::default();
-        encoder.encode(&refs, &mut chunk);
+        let extra = "retry_initial_backoff = \"10ms\"\nflush_interval = \"10ms\"";
+        let (sink, metrics, encoder) = sink_for(&url, extra, dir.path());
+        let chunk = three_event_chunk(&encoder);
         let expected_retry = String::from_utf8(chunk.item(1).to_vec()).unwrap();
         let full = String::from_utf8(chunk.buf.clone()).unwrap();
         let permits = Arc::new(Semaphore::new(10));
