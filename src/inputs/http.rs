@@ -160,19 +160,33 @@ fn reply(status: StatusCode, text: &'static str) -> Response {
     (status, text).into_response()
 }
 
+/// Answers one request: refuses it early, reads its body, queues its events.
 async fn handle(
     State(state): State<Arc<HttpState>>,
     method: Method,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    if method != Method::POST && method != Method::PUT {
-        return (
-            StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "POST, PUT")],
-            "use POST with a JSON or NDJSON body\n",
-        )
-            .into_response();
+    if let Some(refusal) = refusal(&state, &method, &headers) {
+        return refusal;
+    }
+    match read_body(&state, &headers, body).await {
+        Ok(body) => queue_body(&state, &body).await,
+        Err(refusal) => refusal,
+    }
+}
+
+/// The answer to a request refused by its method, its credentials or its announced length.
+fn refusal(state: &HttpState, method: &Method, headers: &HeaderMap) -> Option<Response> {
+    if *method != Method::POST && *method != Method::PUT {
+        return Some(
+            (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(header::ALLOW, "POST, PUT")],
+                "use POST with a JSON or NDJSON body\n",
+            )
+                .into_response(),
+        );
     }
     if let Some(expected) = &state.expected_auth {
         let given = headers
@@ -185,12 +199,14 @@ async fn handle(
             } else {
                 "Bearer"
             };
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, challenge)],
-                "authentication required\n",
-            )
-                .into_response();
+            return Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, challenge)],
+                    "authentication required\n",
+                )
+                    .into_response(),
+            );
         }
     }
     if let Some(len) = headers
@@ -199,19 +215,24 @@ async fn handle(
         .and_then(|v| v.parse::<usize>().ok())
     {
         if len > state.limit {
-            return reply(
+            return Some(reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body exceeds the configured max_body_size\n",
-            );
+            ));
         }
     }
+    None
+}
+
+/// The body within `max_body_size`, inflated when it is gzip.
+async fn read_body(state: &HttpState, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
     let raw = match axum::body::to_bytes(body, state.limit).await {
         Ok(b) => b,
         Err(_) => {
-            return reply(
+            return Err(reply(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body exceeds the configured max_body_size\n",
-            )
+            ))
         }
     };
     state.bytes_in.add(raw.len() as u64);
@@ -219,31 +240,33 @@ async fn handle(
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("x-gzip"));
-    let body = if gzip {
+    if gzip {
         match inflate_gzip(&raw, state.limit) {
-            Ok(b) => b,
-            Err(Inflate::TooLarge) => {
-                return reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "inflated body exceeds the configured max_body_size\n",
-                )
-            }
+            Ok(b) => Ok(b),
+            Err(Inflate::TooLarge) => Err(reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "inflated body exceeds the configured max_body_size\n",
+            )),
             Err(Inflate::Corrupt) => {
-                return reply(StatusCode::BAD_REQUEST, "body is not valid gzip\n")
+                Err(reply(StatusCode::BAD_REQUEST, "body is not valid gzip\n"))
             }
         }
     } else {
-        raw
-    };
+        Ok(raw)
+    }
+}
+
+/// Decodes a body into events and queues them; the reply says whether they were queued.
+async fn queue_body(state: &HttpState, body: &[u8]) -> Response {
     // A body that fits in the queue takes its room (its line count) before it is decoded: a
     // queue full for `queue_wait` answers 429 without spending the decode, and decoded events
     // stay within the queue's capacity. Unused room goes back once the events are counted.
     // A larger body is decoded and goes in chunks as room appears.
-    let expected = expected_events(&body);
+    let expected = expected_events(body);
     let reservation = if expected <= state.queue.capacity() {
         match state.queue.reserve_within(expected, state.queue_wait).await {
             Ok(r) => Some(r),
-            Err(QueueError::Full(_)) => return queue_full(&state),
+            Err(QueueError::Full(_)) => return queue_full(state),
             Err(QueueError::Closed(_)) => {
                 return reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             }
@@ -251,19 +274,7 @@ async fn handle(
     } else {
         None
     };
-    let received = now_ms();
-    let mut failures = 0u64;
-    let mut events = decode_body(&body, received, &mut failures);
-    if failures > 0 {
-        state.parse_failures.add(failures);
-    }
-    if !state.tags.is_empty() {
-        for e in &mut events {
-            for t in &state.tags {
-                e.add_tag(t);
-            }
-        }
-    }
+    let events = decode_tagged(state, body);
     let n = events.len();
     let queued = match reservation {
         // More events than reserved (a JSON array) and no room for the rest right now: the
@@ -281,9 +292,27 @@ async fn handle(
             state.events_in.add(n as u64);
             reply(StatusCode::OK, "ok\n")
         }
-        Err(QueueError::Full(_)) => queue_full(&state),
+        Err(QueueError::Full(_)) => queue_full(state),
         Err(QueueError::Closed(_)) => reply(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
     }
+}
+
+/// The events of a body with the input's tags, parse failures counted.
+fn decode_tagged(state: &HttpState, body: &[u8]) -> Vec<Event> {
+    let received = now_ms();
+    let mut failures = 0u64;
+    let mut events = decode_body(body, received, &mut failures);
+    if failures > 0 {
+        state.parse_failures.add(failures);
+    }
+    if !state.tags.is_empty() {
+        for e in &mut events {
+            for t in &state.tags {
+                e.add_tag(t);
+            }
+        }
+    }
+    events
 }
 
 fn queue_full(state: &HttpState) -> Response {

@@ -1,9 +1,10 @@
 //! A JSON decoder for event documents: one pass over the text straight into an [`ObjectSink`]
-//! (the event's fields) and `serde_json` values, without serde's visitor layers. It accepts exactly what `serde_json`
-//! accepts (RFC 8259, nesting up to 128 levels, no lone surrogates, no raw control characters
-//! in strings) and builds the same values: integers as `u64`/`i64` where they fit (`-0` and
-//! integers out of range as `f64`, as `serde_json` does), other numbers as correctly rounded
-//! `f64`, a repeated key's last value. Strings without escapes are copied in one piece.
+//! (the event's fields) and `serde_json` values, without serde's visitor layers. It accepts
+//! exactly what `serde_json` accepts (RFC 8259, nesting up to 128 levels, no lone surrogates,
+//! no raw control characters in strings) and builds the same values: integers as `u64`/`i64`
+//! where they fit (`-0` and integers out of range as `f64`, as `serde_json` does), other
+//! numbers as correctly rounded `f64`, a repeated key's last value. Strings without escapes are
+//! copied in one piece.
 
 use super::scan::plain_run;
 use serde_json::{Map, Number, Value};

@@ -476,83 +476,16 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut frames = FramedRead::with_capacity(read, BeatsCodec::new(shared.max_frame), 64 * 1024);
-    // Built once per connection, cloned into each event's metadata.
     // One object per connection, shared by its events (no copy per event).
     let peer_meta =
         SharedValue::new(serde_json::json!({"beats": {"host": {"ip": peer.ip().to_string()}}}));
     let mut window: Option<Window> = None;
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => return Ok(()),
-            r = tokio::time::timeout(shared.idle, frames.next()) => r,
-        };
-        let frame = match next {
-            Err(_) => {
-                return match &window {
-                    Some(_) => Err(ConnError::IdleMidWindow(shared.idle)),
-                    None => {
-                        shared.metrics.idle_closed.inc();
-                        tracing::debug!(timeout = ?shared.idle, "closing idle beats connection");
-                        Ok(())
-                    }
-                }
-            }
-            Ok(None) => {
-                return match window {
-                    Some(w) => Err(ConnError::ClosedMidWindow {
-                        expected: w.expected,
-                        got: w.events.len(),
-                    }),
-                    None => Ok(()),
-                }
-            }
-            Ok(Some(r)) => r?,
-        };
+    while let Some(frame) = next_frame(&mut frames, &window, shared).await? {
         match frame {
-            Frame::Window(n) => {
-                if let Some(w) = &window {
-                    return Err(ConnError::WindowIncomplete {
-                        expected: w.expected,
-                        got: w.events.len(),
-                    });
-                }
-                if n > shared.max_window {
-                    return Err(ConnError::WindowTooLarge(n, shared.max_window));
-                }
-                shared.metrics.windows.inc();
-                if n == 0 {
-                    write_ack(&mut write, 0, shared).await?;
-                    shared.metrics.acks.inc();
-                    continue;
-                }
-                window = Some(Window {
-                    expected: n,
-                    events: Vec::with_capacity(n as usize),
-                    seqs: Vec::with_capacity(n as usize),
-                });
-            }
+            Frame::Window(n) => window = open_window(n, &window, &mut write, shared).await?,
             Frame::Events(raw) => {
                 let w = window.as_mut().ok_or(ConnError::EventOutsideWindow)?;
-                if w.events.len() + raw.len() > w.expected as usize {
-                    return Err(ConnError::WindowOverflow(w.expected));
-                }
-                shared.metrics.events_received.add(raw.len() as u64);
-                let receipt = Receipt::new(now_ms());
-                let mut failures = 0u64;
-                for r in raw {
-                    w.seqs.push(r.seq);
-                    w.events.push(to_event(
-                        r,
-                        &receipt,
-                        &peer_meta,
-                        &shared.tags,
-                        &mut failures,
-                    ));
-                }
-                if failures > 0 {
-                    shared.metrics.parse_failures.add(failures);
-                }
+                add_events(w, raw, &peer_meta, shared)?;
                 if w.events.len() == w.expected as usize {
                     let w = window.take().expect("window is open");
                     if !deliver(w, &mut write, shared).await? {
@@ -564,6 +497,98 @@ where
             }
         }
     }
+    Ok(())
+}
+
+/// The next frame, or `None` when the connection ends without error: shutdown, or the
+/// client closing or going idle between windows.
+async fn next_frame<R: AsyncRead + Unpin>(
+    frames: &mut FramedRead<R, BeatsCodec>,
+    window: &Option<Window>,
+    shared: &Shared,
+) -> Result<Option<Frame>, ConnError> {
+    let next = tokio::select! {
+        biased;
+        _ = shared.shutdown.cancelled() => return Ok(None),
+        r = tokio::time::timeout(shared.idle, frames.next()) => r,
+    };
+    match next {
+        Err(_) => match window {
+            Some(_) => Err(ConnError::IdleMidWindow(shared.idle)),
+            None => {
+                shared.metrics.idle_closed.inc();
+                tracing::debug!(timeout = ?shared.idle, "closing idle beats connection");
+                Ok(None)
+            }
+        },
+        Ok(None) => match window {
+            Some(w) => Err(ConnError::ClosedMidWindow {
+                expected: w.expected,
+                got: w.events.len(),
+            }),
+            None => Ok(None),
+        },
+        Ok(Some(r)) => Ok(Some(r?)),
+    }
+}
+
+/// Opens a window of `n` events after the previous one was complete; an empty window is
+/// acknowledged at once and opens nothing.
+async fn open_window<W: AsyncWrite + Unpin>(
+    n: u32,
+    window: &Option<Window>,
+    write: &mut W,
+    shared: &Shared,
+) -> Result<Option<Window>, ConnError> {
+    if let Some(w) = window {
+        return Err(ConnError::WindowIncomplete {
+            expected: w.expected,
+            got: w.events.len(),
+        });
+    }
+    if n > shared.max_window {
+        return Err(ConnError::WindowTooLarge(n, shared.max_window));
+    }
+    shared.metrics.windows.inc();
+    if n == 0 {
+        write_ack(write, 0, shared).await?;
+        shared.metrics.acks.inc();
+        return Ok(None);
+    }
+    Ok(Some(Window {
+        expected: n,
+        events: Vec::with_capacity(n as usize),
+        seqs: Vec::with_capacity(n as usize),
+    }))
+}
+
+/// Turns received events into pipeline events in the open window, which they must not overfill.
+fn add_events(
+    w: &mut Window,
+    raw: Vec<RawEvent>,
+    peer_meta: &Arc<SharedValue>,
+    shared: &Shared,
+) -> Result<(), ConnError> {
+    if w.events.len() + raw.len() > w.expected as usize {
+        return Err(ConnError::WindowOverflow(w.expected));
+    }
+    shared.metrics.events_received.add(raw.len() as u64);
+    let receipt = Receipt::new(now_ms());
+    let mut failures = 0u64;
+    for r in raw {
+        w.seqs.push(r.seq);
+        w.events.push(to_event(
+            r,
+            &receipt,
+            peer_meta,
+            &shared.tags,
+            &mut failures,
+        ));
+    }
+    if failures > 0 {
+        shared.metrics.parse_failures.add(failures);
+    }
+    Ok(())
 }
 
 /// Queues a complete window and acknowledges it. A window larger than the whole queue goes

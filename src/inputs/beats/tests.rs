@@ -214,15 +214,10 @@ async fn a_window_larger_than_the_queue_is_acked_in_parts() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn protocol_errors_close_only_their_connection() {
-    let h = start(
-        config("max_window_size = 10\nclient_inactivity_timeout = \"300ms\"\nmax_frame_size = \"4KiB\""),
-        100,
-    )
-    .await;
-    let mut good = TcpStream::connect(h.addr).await.unwrap();
-    let cases: Vec<(Vec<u8>, &str)> = vec![
+/// Byte streams that break the protocol, each with the error kind it is counted as (under
+/// `max_window_size = 10` and `max_frame_size = "4KiB"`).
+fn protocol_violations() -> Vec<(Vec<u8>, &'static str)> {
+    vec![
         (b"1W\0\0\0\x01".to_vec(), "bad_version"),
         (b"2Q\0\0\0\x01".to_vec(), "unknown_frame"),
         (window(11), "window_too_large"),
@@ -243,40 +238,52 @@ async fn protocol_errors_close_only_their_connection() {
             [window(1), b"2C\0\0\0\x03abc".to_vec()].concat(),
             "bad_zlib",
         ),
-    ];
-    for (bytes, kind) in &cases {
+    ]
+}
+
+/// Waits until `ready` holds, looking every 10 ms, at most `tries` times.
+async fn eventually(tries: u32, ready: impl Fn() -> bool) {
+    for _ in 0..tries {
+        if ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Connects to `addr`, sends `bytes` and hangs up.
+async fn send_and_hang_up(addr: SocketAddr, bytes: &[u8]) {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(bytes).await.unwrap();
+    drop(c);
+}
+
+#[tokio::test]
+async fn protocol_errors_close_only_their_connection() {
+    let h = start(
+        config("max_window_size = 10\nclient_inactivity_timeout = \"300ms\"\nmax_frame_size = \"4KiB\""),
+        100,
+    )
+    .await;
+    let mut good = TcpStream::connect(h.addr).await.unwrap();
+    for (bytes, kind) in &protocol_violations() {
         let mut c = TcpStream::connect(h.addr).await.unwrap();
         c.write_all(bytes).await.unwrap();
         expect_closed(&mut c).await;
         // the metric is counted just after the close
-        for _ in 0..50 {
-            if h.errors(kind) >= 1.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        eventually(50, || h.errors(kind) >= 1.0).await;
         assert_eq!(h.errors(kind), 1.0, "{kind}");
         // the healthy connection stays served (and busy enough not to go idle)
         good.write_all(&window(0)).await.unwrap();
         assert_eq!(read_ack(&mut good).await, 0);
     }
     // dropped mid-window and mid-frame
-    let mut c = TcpStream::connect(h.addr).await.unwrap();
-    c.write_all(&[window(2), json(1, "{}")].concat())
-        .await
-        .unwrap();
-    drop(c);
-    let mut c = TcpStream::connect(h.addr).await.unwrap();
-    c.write_all(&[window(1), json(1, "{}")[..5].to_vec()].concat())
-        .await
-        .unwrap();
-    drop(c);
-    for _ in 0..100 {
-        if h.errors("closed_mid_window") >= 1.0 && h.errors("truncated") >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    send_and_hang_up(h.addr, &[window(2), json(1, "{}")].concat()).await;
+    send_and_hang_up(h.addr, &[window(1), json(1, "{}")[..5].to_vec()].concat()).await;
+    eventually(100, || {
+        h.errors("closed_mid_window") >= 1.0 && h.errors("truncated") >= 1.0
+    })
+    .await;
     assert_eq!(h.errors("closed_mid_window"), 1.0);
     assert_eq!(h.errors("truncated"), 1.0);
     // the first connection was not disturbed
@@ -295,24 +302,12 @@ async fn protocol_errors_close_only_their_connection() {
         .await
         .unwrap();
     expect_closed(&mut c).await;
-    for _ in 0..50 {
-        if h.errors("idle_mid_window") >= 1.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(50, || h.errors("idle_mid_window") >= 1.0).await;
     assert_eq!(h.errors("idle_mid_window"), 1.0);
     drop(c);
-    for _ in 0..100 {
-        if h.metric("sheepdog_beats_connections_open", &[("input", "beats")]) == 0.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        h.metric("sheepdog_beats_connections_open", &[("input", "beats")]),
-        0.0
-    );
+    let open = || h.metric("sheepdog_beats_connections_open", &[("input", "beats")]);
+    eventually(100, || open() == 0.0).await;
+    assert_eq!(open(), 0.0);
     h.stop().await;
 }
 

@@ -69,7 +69,28 @@ fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, Problem> {
 /// Builds the rustls server configuration, or every problem found on the way.
 pub fn server_config(files: &TlsFiles<'_>) -> Result<Arc<rustls::ServerConfig>, Vec<Problem>> {
     let mut problems = Vec::new();
-    let chain = match files.certificate {
+    let chain = certificate_chain(files, &mut problems);
+    let key = key(files, &mut problems);
+    let roots = client_roots(files, &mut problems);
+    let (Some(chain), Some(key)) = (chain, key) else {
+        return Err(problems);
+    };
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let builder = builder(files.client_auth, roots).map_err(|p| vec![p])?;
+    match builder.with_single_cert(chain, key) {
+        Ok(config) => Ok(Arc::new(config)),
+        Err(e) => Err(vec![key_mismatch(files, &e)]),
+    }
+}
+
+/// The server's certificate chain from `ssl_certificate`, which must be set.
+fn certificate_chain(
+    files: &TlsFiles<'_>,
+    problems: &mut Vec<Problem>,
+) -> Option<Vec<CertificateDer<'static>>> {
+    match files.certificate {
         Some(p) => certs("ssl_certificate", p)
             .map_err(|e| problems.push(e))
             .ok(),
@@ -83,8 +104,12 @@ pub fn server_config(files: &TlsFiles<'_>) -> Result<Arc<rustls::ServerConfig>, 
             );
             None
         }
-    };
-    let key = match files.key {
+    }
+}
+
+/// The server's private key from `ssl_key`, which must be set.
+fn key(files: &TlsFiles<'_>, problems: &mut Vec<Problem>) -> Option<PrivateKeyDer<'static>> {
+    match files.key {
         Some(p) => private_key(p).map_err(|e| problems.push(e)).ok(),
         None => {
             problems.push(
@@ -93,7 +118,11 @@ pub fn server_config(files: &TlsFiles<'_>) -> Result<Arc<rustls::ServerConfig>, 
             );
             None
         }
-    };
+    }
+}
+
+/// The CAs that sign client certificates, which client authentication needs.
+fn client_roots(files: &TlsFiles<'_>, problems: &mut Vec<Problem>) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();
     for path in files.authorities {
         match certs("ssl_certificate_authorities", path) {
@@ -119,65 +148,55 @@ pub fn server_config(files: &TlsFiles<'_>) -> Result<Arc<rustls::ServerConfig>, 
             .hint("list PEM files in ssl_certificate_authorities, or set ssl_client_authentication = \"none\""),
         );
     }
-    let (Some(chain), Some(key)) = (chain, key) else {
-        return Err(problems);
-    };
-    if !problems.is_empty() {
-        return Err(problems);
-    }
+    roots
+}
+
+/// A server configuration that still needs its certificate and key.
+type ServerBuilder = rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>;
+
+/// A builder for TLS 1.2 and 1.3 that checks client certificates as `client_auth` says.
+fn builder(
+    client_auth: ClientAuth,
+    roots: rustls::RootCertStore,
+) -> Result<ServerBuilder, Problem> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = match rustls::ServerConfig::builder_with_provider(provider.clone())
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-    {
-        Ok(b) => b,
-        Err(e) => {
-            return Err(vec![Problem::at(
-                "ssl_enabled",
-                format!("TLS setup failed: {e}"),
-            )])
-        }
-    };
-    let builder = match files.client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
-        mode => {
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            );
-            let verifier = if mode == ClientAuth::Optional {
-                verifier.allow_unauthenticated()
-            } else {
-                verifier
-            };
-            match verifier.build() {
-                Ok(v) => builder.with_client_cert_verifier(v),
-                Err(e) => {
-                    return Err(vec![Problem::at(
-                        "ssl_certificate_authorities",
-                        format!("cannot verify client certificates: {e}"),
-                    )])
-                }
-            }
-        }
-    };
-    match builder.with_single_cert(chain, key) {
-        Ok(config) => Ok(Arc::new(config)),
-        Err(e) => Err(vec![Problem::at(
-            "ssl_key",
-            format!(
-                "`{}` does not fit `{}`: {e}",
-                files
-                    .key
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                files
-                    .certificate
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
-            ),
-        )
-        .hint(
-            "the key must be the private key of the first certificate in ssl_certificate",
-        )]),
+        .map_err(|e| Problem::at("ssl_enabled", format!("TLS setup failed: {e}")))?;
+    if client_auth == ClientAuth::None {
+        return Ok(builder.with_no_client_auth());
     }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let verifier = if client_auth == ClientAuth::Optional {
+        verifier.allow_unauthenticated()
+    } else {
+        verifier
+    };
+    match verifier.build() {
+        Ok(v) => Ok(builder.with_client_cert_verifier(v)),
+        Err(e) => Err(Problem::at(
+            "ssl_certificate_authorities",
+            format!("cannot verify client certificates: {e}"),
+        )),
+    }
+}
+
+/// The problem of a key that is not the certificate's.
+fn key_mismatch(files: &TlsFiles<'_>, e: &rustls::Error) -> Problem {
+    Problem::at(
+        "ssl_key",
+        format!(
+            "`{}` does not fit `{}`: {e}",
+            files
+                .key
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            files
+                .certificate
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+    )
+    .hint("the key must be the private key of the first certificate in ssl_certificate")
 }
