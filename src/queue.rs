@@ -98,7 +98,7 @@ impl QueueSender {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueError::Full(events)),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::Closed(events)),
         };
-        self.push_chunks(source, events, permit, false)
+        self.push_chunks(source, events, permit)
     }
 
     /// Takes room for `events` events now, before they exist, or fails at once (`Full` or
@@ -159,18 +159,18 @@ impl QueueSender {
                     return Err(QueueError::Closed(events));
                 }
             };
-            self.push_chunks(source, events, permit, true)?;
+            self.push_chunks(source, events, permit)?;
             events = rest;
         }
         Ok(())
     }
 
+    /// Sends events whose room `permit` holds, in batches of at most `batch_size`.
     fn push_chunks(
         &self,
         source: &Arc<str>,
         mut events: Vec<Event>,
         mut permit: OwnedSemaphorePermit,
-        _wait: bool,
     ) -> Result<(), QueueError> {
         self.depth.add(events.len() as i64);
         while !events.is_empty() {
@@ -260,7 +260,7 @@ impl Reservation {
                 }
             }
         };
-        self.sender.push_chunks(source, events, permit, false)
+        self.sender.push_chunks(source, events, permit)
     }
 }
 
