@@ -1,12 +1,14 @@
 //! End to end: thousands of LLM-API request logs in every HTTP body shape go through the real
 //! daemon running the shipped pipeline into the real osmem-server; the shipped Kibana dashboard
-//! queries then must give exactly what the test computes from its own input.
+//! queries then must give exactly what the test computes from its own input. One daemon run
+//! feeds a table of named cases, one per dashboard query.
 
 mod common;
 
 use common::{Osmem, Sheepdog};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Duration;
 
 const DAY_MS: i64 = 86_400_000;
@@ -196,24 +198,55 @@ fn group<'a>(logs: &'a [Log], key: impl Fn(&'a Log) -> String) -> BTreeMap<Strin
     out
 }
 
-#[test]
-fn shipped_pipeline_feeds_the_kibana_dashboards() {
-    let es = Osmem::start();
-    let today = chrono::Utc::now().timestamp_millis().div_euclid(DAY_MS);
-    let days = [today - 2, today - 1];
-    let logs = generate(3000, days);
-    let mut dog = Sheepdog::start("pipelines/holysheep.toml", &[("ES_HOSTS", es.url.as_str())]);
+/// What every case looks at: the cluster after the daemon indexed `logs` and exited.
+struct Run {
+    es: Osmem,
+    logs: Vec<Log>,
+    days: [i64; 2],
+    /// The daemon's log, for failure messages.
+    log: String,
+}
 
-    // Three body shapes: single objects, JSON arrays, NDJSON.
+impl Run {
+    /// Posts the logs in every body shape to the shipped pipeline and stops the daemon.
+    fn start() -> Run {
+        let es = Osmem::start();
+        let today = chrono::Utc::now().timestamp_millis().div_euclid(DAY_MS);
+        let days = [today - 2, today - 1];
+        let logs = generate(3000, days);
+        let mut dog = Sheepdog::start("pipelines/holysheep.toml", &[("ES_HOSTS", es.url.as_str())]);
+        post_in_every_shape(&dog, &logs);
+        // Stop right away: shutdown must flush everything still queued.
+        let status = dog.stop();
+        assert!(
+            status.success(),
+            "sheepdog exited with {status}:\n{}",
+            dog.log()
+        );
+        Run {
+            es,
+            logs,
+            days,
+            log: dog.log(),
+        }
+    }
+
+    fn search(&self, query: &Value) -> Value {
+        self.es.search("holysheep-logs-*", query)
+    }
+}
+
+/// Three body shapes: single objects, JSON arrays, NDJSON.
+fn post_in_every_shape(dog: &Sheepdog, logs: &[Log]) {
     let (singles, rest) = logs.split_at(200);
     let (arrays, ndjson) = rest.split_at(1400);
     for log in singles {
-        post(&dog, log.body.to_string(), "application/json");
+        post(dog, log.body.to_string(), "application/json");
     }
     for chunk in arrays.chunks(100) {
         let array: Vec<&Value> = chunk.iter().map(|l| &l.body).collect();
         post(
-            &dog,
+            dog,
             serde_json::to_string(&array).unwrap(),
             "application/json",
         );
@@ -224,32 +257,81 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
             text.push_str(&l.body.to_string());
             text.push('\n');
         }
-        post(&dog, text, "application/x-ndjson");
+        post(dog, text, "application/x-ndjson");
     }
-    // Stop right away: shutdown must flush everything still queued.
-    let status = dog.stop();
-    assert!(
-        status.success(),
-        "sheepdog exited with {status}:\n{}",
-        dog.log()
-    );
+}
 
-    let n = logs.len() as u64;
-    assert_eq!(es.count("holysheep-logs-*"), n, "{}", dog.log());
-    for day in days {
+/// A named check over the shared run.
+struct Case {
+    name: &'static str,
+    check: fn(&Run),
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "every document in its daily index",
+        check: documents_per_daily_index,
+    },
+    Case {
+        name: "cost overview by model",
+        check: cost_overview_by_model,
+    },
+    Case {
+        name: "cost over time (daily)",
+        check: cost_over_time,
+    },
+    Case {
+        name: "errors by message, status and model",
+        check: errors,
+    },
+    Case {
+        name: "latency histogram",
+        check: latency_histogram,
+    },
+    Case {
+        name: "latency statistics",
+        check: latency_statistics,
+    },
+    Case {
+        name: "top users by cost",
+        check: top_users_by_cost,
+    },
+];
+
+#[test]
+fn shipped_pipeline_feeds_the_kibana_dashboards() {
+    let run = Run::start();
+    let mut failed = Vec::new();
+    for case in CASES {
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (case.check)(&run))) {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            failed.push(format!("{}: {why}", case.name));
+        }
+    }
+    assert!(failed.is_empty(), "failed cases:\n{}", failed.join("\n"));
+}
+
+fn documents_per_daily_index(run: &Run) {
+    let n = run.logs.len() as u64;
+    assert_eq!(run.es.count("holysheep-logs-*"), n, "{}", run.log);
+    for day in run.days {
         let name = format!(
             "holysheep-logs-{}",
             chrono::DateTime::from_timestamp_millis(day * DAY_MS)
                 .unwrap()
                 .format("%Y.%m.%d")
         );
-        let want = logs.iter().filter(|l| l.day == day).count() as u64;
-        assert_eq!(es.count(&name), want, "documents in {name}");
+        let want = run.logs.iter().filter(|l| l.day == day).count() as u64;
+        assert_eq!(run.es.count(&name), want, "documents in {name}");
     }
+}
 
-    // 1. Cost overview by model.
-    let r = es.search(
-        "holysheep-logs-*",
+fn cost_overview_by_model(run: &Run) {
+    let r = run.search(
         &json!({"size": 0, "aggs": {"by_model": {"terms": {"field": "model", "size": 10},
         "aggs": {
             "total_cost": {"sum": {"field": "cost_usd"}},
@@ -260,7 +342,7 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
         }}}}),
     );
     let got = buckets(&r["aggregations"]["by_model"]);
-    let want = group(&logs, |l| l.model.to_string());
+    let want = group(&run.logs, |l| l.model.to_string());
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
@@ -283,26 +365,30 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
             sums.latency / sums.latency_n as f64,
             "avg latency",
         );
-        let mut latencies: Vec<f64> = logs
-            .iter()
-            .filter(|l| l.model == model)
-            .filter_map(|l| l.latency)
-            .collect();
-        latencies.sort_by(f64::total_cmp);
         let p99 = b["p99_latency"]["values"]["99.0"].as_f64().unwrap();
-        // Percentiles are estimates: accept anything between neighbours of the exact rank.
-        let rank = (0.99 * (latencies.len() - 1) as f64) as usize;
-        let lo = latencies[rank.saturating_sub(2)] - 0.01;
-        let hi = latencies[(rank + 3).min(latencies.len() - 1)] + 0.01;
-        assert!(
-            lo <= p99 && p99 <= hi,
-            "{model} p99 {p99} not in [{lo}, {hi}]"
-        );
+        assert_p99_near(&run.logs, model, p99);
     }
+}
 
-    // 2. Cost over time (daily).
-    let r = es.search(
-        "holysheep-logs-*",
+/// Percentiles are estimates: accepts anything between neighbours of the exact rank.
+fn assert_p99_near(logs: &[Log], model: &str, p99: f64) {
+    let mut latencies: Vec<f64> = logs
+        .iter()
+        .filter(|l| l.model == model)
+        .filter_map(|l| l.latency)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let rank = (0.99 * (latencies.len() - 1) as f64) as usize;
+    let lo = latencies[rank.saturating_sub(2)] - 0.01;
+    let hi = latencies[(rank + 3).min(latencies.len() - 1)] + 0.01;
+    assert!(
+        lo <= p99 && p99 <= hi,
+        "{model} p99 {p99} not in [{lo}, {hi}]"
+    );
+}
+
+fn cost_over_time(run: &Run) {
+    let r = run.search(
         &json!({"size": 0,
             "query": {"range": {"@timestamp": {"gte": "now-30d", "lte": "now"}}},
             "aggs": {"over_time": {"date_histogram": {"field": "@timestamp", "calendar_interval": "day"},
@@ -313,11 +399,12 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
                 }}}}),
     );
     let got = buckets(&r["aggregations"]["over_time"]);
-    let want = group(&logs, |l| (l.day * DAY_MS).to_string());
+    let want = group(&run.logs, |l| (l.day * DAY_MS).to_string());
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
     );
+    let want_models = group(&run.logs, |l| format!("{}|{}", l.day * DAY_MS, l.model));
     for (day, sums) in &want {
         let b = got[day];
         assert_eq!(b["doc_count"], json!(sums.count));
@@ -328,7 +415,6 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
             "daily cost",
         );
         let by_model = buckets(&b["by_model"]);
-        let want_models = group(&logs, |l| format!("{}|{}", l.day * DAY_MS, l.model));
         for (key, s) in want_models
             .iter()
             .filter(|(k, _)| k.starts_with(&format!("{day}|")))
@@ -342,23 +428,22 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
             );
         }
     }
+}
 
-    // 3. Errors: everything not successful, by message, status and model.
-    let r = es.search(
-        "holysheep-logs-*",
-        &json!({"size": 0,
-            "query": {"bool": {
-                "must": [{"range": {"@timestamp": {"gte": "now-7d"}}}],
-                "must_not": [{"term": {"status": "success"}}]}},
-            "aggs": {
-                "errors_by_type": {"terms": {"field": "error_message.keyword", "size": 20}},
-                "errors_by_status": {"terms": {"field": "status"}},
-                "errors_by_model": {"terms": {"field": "model"}},
-                "errors_over_time": {"date_histogram": {"field": "@timestamp", "calendar_interval": "hour"},
-                    "aggs": {"error_count": {"value_count": {"field": "request_id"}}}}
-            }}),
-    );
-    let failed: Vec<&Log> = logs.iter().filter(|l| l.status != "success").collect();
+/// Everything not successful, by message, status and model.
+fn errors(run: &Run) {
+    let r = run.search(&json!({"size": 0,
+    "query": {"bool": {
+        "must": [{"range": {"@timestamp": {"gte": "now-7d"}}}],
+        "must_not": [{"term": {"status": "success"}}]}},
+    "aggs": {
+        "errors_by_type": {"terms": {"field": "error_message.keyword", "size": 20}},
+        "errors_by_status": {"terms": {"field": "status"}},
+        "errors_by_model": {"terms": {"field": "model"}},
+        "errors_over_time": {"date_histogram": {"field": "@timestamp", "calendar_interval": "hour"},
+            "aggs": {"error_count": {"value_count": {"field": "request_id"}}}}
+    }}));
+    let failed: Vec<&Log> = run.logs.iter().filter(|l| l.status != "success").collect();
     assert_eq!(r["hits"]["total"]["value"], json!(failed.len()));
     let count_by = |key: &dyn Fn(&Log) -> Option<String>| {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
@@ -393,19 +478,21 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
         .map(|b| b["error_count"]["value"].as_u64().unwrap())
         .sum();
     assert_eq!(hourly, failed.len() as u64);
+}
 
-    // 4. Latency distribution.
-    let r = es.search(
-        "holysheep-logs-*",
-        &json!({"size": 0, "aggs": {
-            "latency_distribution": {"histogram": {"field": "latency_ms", "interval": 25}},
-            "latency_stats": {"extended_stats": {"field": "latency_ms"}},
-            "by_model": {"terms": {"field": "model"}, "aggs": {"latency_stats": {"stats": {"field": "latency_ms"}}}}
-        }}),
-    );
-    let latencies: Vec<f64> = logs.iter().filter_map(|l| l.latency).collect();
+/// The latency dashboard's query.
+fn latency_search(run: &Run) -> Value {
+    run.search(&json!({"size": 0, "aggs": {
+        "latency_distribution": {"histogram": {"field": "latency_ms", "interval": 25}},
+        "latency_stats": {"extended_stats": {"field": "latency_ms"}},
+        "by_model": {"terms": {"field": "model"}, "aggs": {"latency_stats": {"stats": {"field": "latency_ms"}}}}
+    }}))
+}
+
+fn latency_histogram(run: &Run) {
+    let r = latency_search(run);
     let mut histogram: BTreeMap<i64, u64> = BTreeMap::new();
-    for l in &latencies {
+    for l in run.logs.iter().filter_map(|l| l.latency) {
         *histogram.entry((l / 25.0).floor() as i64 * 25).or_default() += 1;
     }
     let got: BTreeMap<i64, u64> = r["aggregations"]["latency_distribution"]["buckets"]
@@ -421,6 +508,11 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
         })
         .collect();
     assert_eq!(got, histogram);
+}
+
+fn latency_statistics(run: &Run) {
+    let r = latency_search(run);
+    let latencies: Vec<f64> = run.logs.iter().filter_map(|l| l.latency).collect();
     let stats = &r["aggregations"]["latency_stats"];
     let n_lat = latencies.len() as f64;
     let mean = latencies.iter().sum::<f64>() / n_lat;
@@ -447,18 +539,18 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
         var.sqrt(),
         "std deviation",
     );
+    let want = group(&run.logs, |l| l.model.to_string());
     for (model, b) in buckets(&r["aggregations"]["by_model"]) {
-        let want = group(&logs, |l| l.model.to_string());
         assert_eq!(
             b["latency_stats"]["count"],
             json!(want[&model].latency_n),
             "{model}"
         );
     }
+}
 
-    // 5. Top users by cost.
-    let r = es.search(
-        "holysheep-logs-*",
+fn top_users_by_cost(run: &Run) {
+    let r = run.search(
         &json!({"size": 0, "aggs": {"by_user": {"terms": {"field": "user_id", "size": 20},
         "aggs": {
             "total_cost": {"sum": {"field": "cost_usd"}},
@@ -467,7 +559,7 @@ fn shipped_pipeline_feeds_the_kibana_dashboards() {
         }}}}),
     );
     let got = buckets(&r["aggregations"]["by_user"]);
-    let want = group(&logs, |l| l.user.clone());
+    let want = group(&run.logs, |l| l.user.clone());
     assert_eq!(
         got.keys().collect::<Vec<_>>(),
         want.keys().collect::<Vec<_>>()
