@@ -148,12 +148,24 @@ impl Drop for Demo {
     }
 }
 
-/// Where cargo put the sheepdog and sheepdog-loadgen binaries under test.
+/// Where cargo put the sheepdog binary under test; the load generator (another workspace
+/// member, which `cargo test` at the root builds too) is built there first when missing.
 fn bin_dir() -> PathBuf {
-    let dog = Path::new(env!("CARGO_BIN_EXE_sheepdog"));
-    let loadgen = Path::new(env!("CARGO_BIN_EXE_sheepdog-loadgen"));
-    assert_eq!(dog.parent(), loadgen.parent());
-    dog.parent().unwrap().to_path_buf()
+    let dir = Path::new(env!("CARGO_BIN_EXE_sheepdog"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    if !dir.join("sheepdog-loadgen").exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "-p", "sheepdog-loadgen"]);
+        if dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build -p sheepdog-loadgen");
+        assert!(status.success(), "cargo build -p sheepdog-loadgen failed");
+    }
+    dir
 }
 
 fn signal(pid: u32, sig: &str) {
