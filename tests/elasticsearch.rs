@@ -184,3 +184,149 @@ fn stops_promptly_when_elasticsearch_never_answered_and_nothing_was_queued() {
         dog.log()
     );
 }
+
+/// The name of the shipped pipeline's index `days` days from today (UTC; negative: before).
+fn index_on(days: i64) -> String {
+    let day = chrono::Utc::now().date_naive() + chrono::Duration::days(days);
+    format!("holysheep-logs-{}", day.format("%Y.%m.%d"))
+}
+
+fn index_names(osmem: &Osmem) -> Vec<String> {
+    let rows: Vec<Value> = client()
+        .get(format!("{}/_cat/indices?format=json&h=index", osmem.url))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let mut names: Vec<String> = rows
+        .iter()
+        .map(|r| r["index"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn retention_deletes_exactly_the_expired_daily_indices() {
+    let osmem = Osmem::start();
+    let expired = [index_on(-400), index_on(-31)];
+    let old = index_on(-45);
+    let old_date = &old["holysheep-logs-".len()..];
+    let kept = [
+        index_on(-30),
+        index_on(-1),
+        index_on(0),
+        index_on(1),
+        // Decoys: not exactly the prefix followed by a valid date.
+        "holysheep-logs-2020.13.01".to_string(),
+        "holysheep-logs-2020.02.30".to_string(),
+        "holysheep-logs-2020.1.01".to_string(),
+        format!("{old}-old"),
+        format!("holysheep-logs-x-{old_date}"),
+        format!("other-{old_date}"),
+        format!("holysheep-logs{old_date}"),
+    ];
+    for name in expired.iter().chain(&kept) {
+        let resp = client()
+            .put(format!("{}/{name}", osmem.url))
+            .send()
+            .unwrap();
+        assert!(
+            resp.status().is_success(),
+            "create {name}: {:?}",
+            resp.text()
+        );
+    }
+    let dog = Sheepdog::start(
+        "pipelines/holysheep.toml",
+        &[("ES_HOSTS", osmem.url.as_str()), ("RETENTION_DAYS", "30")],
+    );
+    let metric = "sheepdog_es_retention_deleted_total{output=\"elasticsearch\"}";
+    wait_for(Duration::from_secs(30), "two retention deletions", || {
+        (dog.metric(metric) == Some(2.0)).then_some(())
+    });
+    let mut want: Vec<String> = kept.to_vec();
+    want.sort();
+    assert_eq!(index_names(&osmem), want, "{}", dog.log());
+    // The log is coloured: drop the escape sequences.
+    let log = regex::Regex::new(r"\x1b\[[0-9;]*m")
+        .unwrap()
+        .replace_all(&dog.log(), "")
+        .into_owned();
+    let cutoff = (chrono::Utc::now().date_naive() - chrono::Duration::days(30)).to_string();
+    for name in &expired {
+        let date = chrono::NaiveDate::parse_from_str(&name["holysheep-logs-".len()..], "%Y.%m.%d")
+            .unwrap();
+        let line = log
+            .lines()
+            .find(|l| l.contains("deleted expired index") && l.contains(&format!("index={name} ")))
+            .unwrap_or_else(|| panic!("no deletion logged for {name}:\n{log}"));
+        assert!(line.contains(&format!("date={date}")), "{line}");
+        assert!(line.contains(&format!("cutoff={cutoff}")), "{line}");
+    }
+    assert_eq!(log.matches("deleted expired index").count(), 2, "{log}");
+    // Events still flow into today's index beside the retention task.
+    let (code, text) = dog.post(
+        r#"{"request_id":"r-1","model":"gpt-4.1","status":"success"}"#,
+        "application/json",
+    );
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        osmem.wait_count(&index_on(0), 1, Duration::from_secs(30)),
+        1
+    );
+}
+
+#[test]
+fn retention_needs_a_daily_index_of_a_literal_prefix() {
+    let (code, text) = common::sheepdog_check(
+        &common::repo_root().join("pipelines/holysheep.toml"),
+        &[
+            ("RETENTION_DAYS", "7"),
+            ("ES_INDEX_PREFIX", "logs-%{[service]}"),
+        ],
+    );
+    assert_ne!(code, 0, "{text}");
+    assert!(
+        text.contains("retention_days: cannot tell which indices expire from index `logs-%{[service]}-%{+YYYY.MM.dd}`"),
+        "{text}"
+    );
+}
+
+/// osmem-server speaks the OpenSearch API, which has no ILM: the template carrying
+/// `index.lifecycle.name` is refused, and sheepdog says so and keeps indexing.
+#[test]
+fn ilm_policy_refused_by_a_cluster_without_ilm_is_reported() {
+    let osmem = Osmem::start();
+    let dog = Sheepdog::start(
+        "pipelines/holysheep.toml",
+        &[
+            ("ES_HOSTS", osmem.url.as_str()),
+            ("ES_ILM_POLICY", "logs-30d"),
+        ],
+    );
+    let reason = wait_for(Duration::from_secs(30), "the template refusal", || {
+        let (_, health) = dog.health();
+        health["components"]
+            .as_array()?
+            .iter()
+            .find(|c| c["component"] == "output elasticsearch" && c["status"] == "degraded")
+            .map(|c| c["reason"].as_str().unwrap().to_string())
+    });
+    assert!(
+        reason.starts_with("index template refused: HTTP 400")
+            && reason.contains("index.lifecycle.name"),
+        "{reason}"
+    );
+    let resp = client()
+        .get(format!("{}/_index_template/holysheep-logs", osmem.url))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let (code, text) = dog.post(r#"{"request_id":"r-1"}"#, "application/json");
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        osmem.wait_count(&index_on(0), 1, Duration::from_secs(30)),
+        1
+    );
+}

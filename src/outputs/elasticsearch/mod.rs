@@ -4,6 +4,7 @@
 
 mod dead_letter;
 pub mod encoder;
+mod retention;
 mod retry;
 mod service;
 mod sink;
@@ -101,6 +102,14 @@ pub struct Config {
     /// Accept any server certificate (testing only). Default false.
     #[serde(default, deserialize_with = "de::from_str_or_value")]
     pub tls_skip_verify: bool,
+    /// Delete this output's daily indices (`index` = `<prefix>%{+YYYY.MM.dd}`) dated more than
+    /// this many days before today (UTC), at start-up and then daily. Default 0: keep forever.
+    #[serde(default, deserialize_with = "de::from_str_or_value")]
+    pub retention_days: u32,
+    /// Name of an existing ILM policy, set as `index.lifecycle.name` in the installed index
+    /// template (Logstash's `ilm_policy`). Default: none.
+    #[serde(default)]
+    pub ilm_policy: String,
 }
 
 fn d_true() -> bool {
@@ -152,12 +161,16 @@ struct Settings {
     max_retries: Option<u32>,
     backoff_initial: Duration,
     backoff_max: Duration,
+    /// Daily indices to delete after `retention_days`, when set.
+    retention: Option<(retention::DailyIndices, u32)>,
 }
 
 struct TemplateInstall {
     name: String,
     pattern: String,
     overwrite: bool,
+    /// `index.lifecycle.name` in the template's settings.
+    ilm_policy: Option<String>,
 }
 
 impl Config {
@@ -221,6 +234,7 @@ impl Config {
         self.check_limits(&mut problems);
         let template = self.template_install(&mut problems);
         let dead_letter_path = self.dead_letter_path(ctx, &mut problems);
+        let retention = self.retention(&mut problems);
         match (problems.is_empty(), index) {
             (true, Some(index)) => Ok(Settings {
                 service: service::ServiceConfig {
@@ -243,6 +257,7 @@ impl Config {
                 max_retries: self.max_retries,
                 backoff_initial: self.retry_initial_backoff,
                 backoff_max: self.retry_max_backoff,
+                retention,
             }),
             _ => Err(problems),
         }
@@ -430,11 +445,56 @@ impl Config {
                 name,
                 pattern,
                 overwrite: self.template_overwrite,
+                ilm_policy: self.ilm_policy(problems),
             })
         } else {
+            if !self.ilm_policy.trim().is_empty() {
+                problems.push(
+                    Problem::at("ilm_policy", "the policy is attached through the index template, which manage_template = false does not install")
+                        .hint("set manage_template = true, or attach the policy in your own template"),
+                );
+            }
             None
         };
         template
+    }
+
+    /// The ILM policy name, when set; it must be usable in a setting value.
+    fn ilm_policy(&self, problems: &mut Vec<Problem>) -> Option<String> {
+        let policy = self.ilm_policy.trim();
+        if policy.is_empty() {
+            return None;
+        }
+        if policy.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            problems.push(
+                Problem::at(
+                    "ilm_policy",
+                    format!("policy name `{policy}` holds white space"),
+                )
+                .hint("give the name of an existing ILM policy, e.g. \"holysheep-logs\""),
+            );
+        }
+        Some(policy.to_string())
+    }
+
+    /// The daily indices `retention_days` deletes, read from `index`.
+    fn retention(&self, problems: &mut Vec<Problem>) -> Option<(retention::DailyIndices, u32)> {
+        if self.retention_days == 0 {
+            return None;
+        }
+        match retention::DailyIndices::from_template(&self.index) {
+            Ok(indices) => Some((indices, self.retention_days)),
+            Err(why) => {
+                problems.push(
+                    Problem::at(
+                        "retention_days",
+                        format!("cannot tell which indices expire from index `{}`: {why}", self.index),
+                    )
+                    .hint("retention needs index = \"<prefix>%{+YYYY.MM.dd}\" with no field references; or set retention_days = 0 and use an ILM policy (ilm_policy)"),
+                );
+                None
+            }
+        }
     }
 
     /// Where refused documents go, checked to be a file path.
@@ -460,8 +520,10 @@ impl Config {
             let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             anyhow::anyhow!("{}", text.join("; "))
         })?;
-        let service = service::Service::new(&settings.service)
-            .with_context(|| format!("output `{id}`: cannot build the HTTP client"))?;
+        let service = Arc::new(
+            service::Service::new(&settings.service)
+                .with_context(|| format!("output `{id}`: cannot build the HTTP client"))?,
+        );
         let (tx, rx) = mpsc::channel(settings.queue_max_events.clamp(1, 4096));
         let permits = Arc::new(Semaphore::new(settings.queue_max_events));
         let metrics = sink::Metrics::register(id, ctx);
@@ -481,10 +543,29 @@ impl Config {
             dead_letter = %settings.dead_letter_path.display(),
             "elasticsearch output starting"
         );
-        let task = tokio::spawn(sink::run(
-            sink::Sink::new(id, settings, service, metrics, ctx),
-            rx,
-        ));
+        let retention = settings.retention.clone().map(|(indices, days)| {
+            let r = retention::Retention {
+                output: id.to_string(),
+                indices,
+                days,
+                service: service.clone(),
+                deleted: ctx.metrics.counter(
+                    "sheepdog_es_retention_deleted_total",
+                    "Daily indices deleted because they were older than retention_days",
+                    &[("output", id)],
+                ),
+            };
+            tokio::spawn(retention::run(r, ctx.shutdown.clone()))
+        });
+        let sink = sink::Sink::new(id, settings, service, metrics, ctx);
+        // One task for the output: the bulk sink, and beside it the retention rounds, which end
+        // on the shutdown token (before the sink has drained).
+        let task = tokio::spawn(async move {
+            sink::run(sink, rx).await;
+            if let Some(retention) = retention {
+                let _ = retention.await;
+            }
+        });
         Ok(Started {
             output: Box::new(output),
             task,
@@ -668,5 +749,65 @@ mod tests {
 
         let err = parse("hosts = \"a\"\nindex = \"x\"\nbatch_size = 5").unwrap_err();
         assert!(err.contains("unknown field `batch_size`"), "{err}");
+    }
+
+    #[test]
+    fn retention_days_and_ilm_policy() {
+        let c = parse("hosts = \"es\"\nindex = \"logs-%{+YYYY.MM.dd}\"").unwrap();
+        let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
+        assert!(s.retention.is_none(), "off by default");
+        assert_eq!(s.template.unwrap().ilm_policy, None);
+
+        // As the shipped pipeline writes them: strings from the environment.
+        let c = parse(
+            "hosts = \"es\"\nindex = \"logs-%{+YYYY.MM.dd}\"\nretention_days = \"30\"\nilm_policy = \"logs-hot-warm\"",
+        )
+        .unwrap();
+        let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
+        let (indices, days) = s.retention.unwrap();
+        assert_eq!((indices.prefix(), days), ("logs-", 30));
+        assert_eq!(
+            s.template.unwrap().ilm_policy.as_deref(),
+            Some("logs-hot-warm")
+        );
+        let c =
+            parse("hosts = \"es\"\nindex = \"x-%{[service]}\"\nretention_days = \"0\"").unwrap();
+        assert!(c.settings(&ctx()).unwrap().retention.is_none());
+
+        let problem = |toml: &str| -> String {
+            let problems = parse(toml).unwrap().validate(&ctx());
+            assert_eq!(problems.len(), 1, "{toml}: {problems:?}");
+            problems[0].to_string()
+        };
+        let text = problem(
+            "hosts = \"es\"\nindex = \"logs-%{[service]}-%{+YYYY.MM.dd}\"\nretention_days = 7",
+        );
+        assert!(
+            text.starts_with("error: retention_days: cannot tell which indices expire from index `logs-%{[service]}-%{+YYYY.MM.dd}`: the index must end with one date pattern"),
+            "{text}"
+        );
+        assert!(
+            text.contains("hint: retention needs index = \"<prefix>%{+YYYY.MM.dd}\""),
+            "{text}"
+        );
+        let text = problem("hosts = \"es\"\nindex = \"logs\"\nretention_days = 7");
+        assert!(text.contains("the index has no date pattern"), "{text}");
+        let text = problem("hosts = \"es\"\nindex = \"logs-%{+YYYY.MM}\"\nretention_days = 7");
+        assert!(text.contains("needs exactly one dd"), "{text}");
+        let text = problem("hosts = \"es\"\nindex = \"logs-%{+YYYY.MM.dd}\"\nmanage_template = false\nilm_policy = \"p\"");
+        assert!(
+            text.starts_with(
+                "error: ilm_policy: the policy is attached through the index template"
+            ),
+            "{text}"
+        );
+        let text =
+            problem("hosts = \"es\"\nindex = \"logs-%{+YYYY.MM.dd}\"\nilm_policy = \"my policy\"");
+        assert!(
+            text.starts_with("error: ilm_policy: policy name `my policy` holds white space"),
+            "{text}"
+        );
+        let err = parse("hosts = \"es\"\nindex = \"x\"\nretention_days = \"-1\"").unwrap_err();
+        assert!(err.contains("invalid value `-1`"), "{err}");
     }
 }

@@ -106,7 +106,7 @@ impl Metrics {
 pub struct Sink {
     id: String,
     settings: Settings,
-    service: Service,
+    service: Arc<Service>,
     metrics: Metrics,
     health: HealthHandle,
     dead_letters: DeadLetterFile,
@@ -116,7 +116,7 @@ impl Sink {
     pub fn new(
         id: &str,
         settings: Settings,
-        service: Service,
+        service: Arc<Service>,
         metrics: Metrics,
         ctx: &BuildContext,
     ) -> Arc<Self> {
@@ -210,13 +210,17 @@ impl Sink {
             match reply.status {
                 200 => {
                     tracing::info!(output = %self.id, template = %t.name, "index template already installed; keeping it (template_overwrite = false)");
+                    if let Some(policy) = &t.ilm_policy {
+                        tracing::warn!(output = %self.id, template = %t.name, ilm_policy = %policy, "ilm_policy is not added to a template that is kept; set template_overwrite = true (once) to install it");
+                    }
                     return Ok(());
                 }
                 404 => {}
                 status => return Err(refused(&reply, status)),
             }
         }
-        let body = serde_json::to_vec(&super::template::body(&t.pattern)).unwrap_or_default();
+        let body = super::template::body(&t.pattern, t.ilm_policy.as_deref());
+        let body = serde_json::to_vec(&body).unwrap_or_default();
         let reply = self
             .service
             .send(
@@ -228,7 +232,7 @@ impl Sink {
             .await
             .map_err(TemplateError::Unreachable)?;
         if (200..300).contains(&reply.status) {
-            tracing::info!(output = %self.id, template = %t.name, pattern = %t.pattern, host = %reply.host, "index template installed");
+            tracing::info!(output = %self.id, template = %t.name, pattern = %t.pattern, ilm_policy = t.ilm_policy.as_deref().unwrap_or(""), host = %reply.host, "index template installed");
             Ok(())
         } else {
             Err(refused(&reply, reply.status))
@@ -875,7 +879,7 @@ mod tests {
         .unwrap();
         let ctx = BuildContext::new(data_dir.to_path_buf(), CancellationToken::new());
         let settings = config.settings(&ctx).unwrap_or_else(|p| panic!("{p:?}"));
-        let service = Service::new(&settings.service).unwrap();
+        let service = Arc::new(Service::new(&settings.service).unwrap());
         let metrics = Metrics::register("es", &ctx);
         let encoder = Encoder::new(settings.index.clone());
         let sink = Sink::new("es", settings, service, metrics.clone(), &ctx);
@@ -977,5 +981,30 @@ mod tests {
         let letter: serde_json::Value = serde_json::from_str(letters.trim()).unwrap();
         assert_eq!(letter["document"]["n"], 2);
         assert_eq!(letter["error"]["reason"], "failed to parse field [n]");
+    }
+
+    #[tokio::test]
+    async fn ilm_policy_is_sent_in_the_installed_template() {
+        let (url, seen) = scripted_cluster(vec![
+            ("HEAD /_index_template/logs ", 404, String::new()),
+            (
+                "PUT /_index_template/logs ",
+                200,
+                r#"{"acknowledged":true}"#.into(),
+            ),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, _, _) = sink_for(&url, "ilm_policy = \"logs-30d\"", dir.path());
+        tokio::time::timeout(Duration::from_secs(10), sink.install_template())
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen[1].0, "PUT /_index_template/logs HTTP/1.1");
+        let body: serde_json::Value = serde_json::from_str(&seen[1].1).unwrap();
+        assert_eq!(
+            body["template"]["settings"]["index"]["lifecycle"]["name"],
+            "logs-30d"
+        );
     }
 }

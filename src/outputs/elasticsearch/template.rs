@@ -23,8 +23,9 @@ const DATES: &[&str] = &["@timestamp", "timestamp"];
 /// Free text that is also grouped on exactly (`error_message.keyword`).
 const TEXTS: &[&str] = &["error_message", "message"];
 
-/// The template body for indices matching `pattern`.
-pub fn body(pattern: &str) -> Value {
+/// The template body for indices matching `pattern`, attaching the ILM policy `ilm_policy`
+/// (`index.lifecycle.name`) when given.
+pub fn body(pattern: &str, ilm_policy: Option<&str>) -> Value {
     let mut properties = serde_json::Map::new();
     for name in KEYWORDS {
         properties.insert(
@@ -59,11 +60,15 @@ pub fn body(pattern: &str) -> Value {
             }
         }),
     );
+    let mut index_settings = json!({"refresh_interval": "5s"});
+    if let Some(policy) = ilm_policy {
+        index_settings["lifecycle"] = json!({"name": policy});
+    }
     json!({
         "index_patterns": [pattern],
         "priority": 200,
         "template": {
-            "settings": {"index": {"refresh_interval": "5s"}},
+            "settings": {"index": index_settings},
             "mappings": {
                 "dynamic_templates": [{
                     "strings_as_keyword": {
@@ -84,7 +89,12 @@ mod tests {
 
     #[test]
     fn maps_the_fields_the_dashboards_use() {
-        let t = body("holysheep-logs-*");
+        let t = body("holysheep-logs-*", None);
+        assert_eq!(
+            t["template"]["settings"],
+            json!({"index": {"refresh_interval": "5s"}}),
+            "no lifecycle setting without ilm_policy"
+        );
         assert_eq!(t["index_patterns"], json!(["holysheep-logs-*"]));
         let p = &t["template"]["mappings"]["properties"];
         assert_eq!(p["model"]["type"], "keyword");
@@ -101,5 +111,14 @@ mod tests {
         assert_eq!(p["geoip"]["properties"]["ip"]["type"], "ip");
         let dynamic = &t["template"]["mappings"]["dynamic_templates"][0]["strings_as_keyword"];
         assert_eq!(dynamic["mapping"]["type"], "keyword");
+    }
+
+    #[test]
+    fn ilm_policy_goes_into_the_index_settings() {
+        let t = body("holysheep-logs-*", Some("holysheep-30d"));
+        assert_eq!(
+            t["template"]["settings"],
+            json!({"index": {"refresh_interval": "5s", "lifecycle": {"name": "holysheep-30d"}}})
+        );
     }
 }
