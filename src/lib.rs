@@ -14,12 +14,13 @@ pub mod health;
 pub mod inputs;
 pub mod json;
 pub mod metrics;
+pub mod offline;
 pub mod outputs;
 pub mod pipeline;
 pub mod queue;
 pub mod template;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -66,4 +67,38 @@ pub async fn run(
     let mut ctx = BuildContext::new(config.pipeline.data_dir.clone(), shutdown);
     ctx.verify = Verify::Background;
     pipeline::run(config, ctx).await
+}
+
+/// A pipeline file that parsed and validated: the configuration, its warnings, and the filter
+/// chain validation compiled (building a GeoIP stage walks its database, so it is built once).
+pub struct Loaded {
+    pub config: config::PipelineConfig,
+    pub warnings: Vec<config::LocatedProblem>,
+    pub stages: Vec<filters::FilterStage>,
+}
+
+/// Reads, parses and validates the pipeline file at `path`, resolving `${VAR}` through `lookup`.
+/// `verify` says whether database files are walked now (`check`, `test`, `tap`) or left to the
+/// running pipeline, which verifies them after the inputs bind (`run`). `Err` holds every
+/// problem, one `file:line:column: ...` per line.
+pub fn load(path: &Path, lookup: config::env::Lookup, verify: Verify) -> Result<Loaded, String> {
+    let source = config::Source::read(path).map_err(|e| format!("{e:#}"))?;
+    // Stages that parsed are validated (templates, files, addresses) even when others did not,
+    // so one run reports every problem.
+    let (config, mut located) =
+        config::parse_partial(&source, lookup).map_err(|e| e.to_string())?;
+    let mut ctx = BuildContext::new(config.pipeline.data_dir.clone(), CancellationToken::new());
+    ctx.verify = verify;
+    let (problems, stages) = pipeline::validate_and_build(&config, &ctx);
+    located.extend(problems.into_iter().map(|p| source.locate(p)));
+    located.sort_by_key(|p| (p.line, p.column));
+    if located.iter().any(|p| p.problem.is_error()) {
+        Err(config::ConfigErrors(located).to_string())
+    } else {
+        Ok(Loaded {
+            config,
+            warnings: located,
+            stages,
+        })
+    }
 }

@@ -1,7 +1,8 @@
-//! The `sheepdog` command: `run` the daemon on a pipeline file, or `check` one.
+//! The `sheepdog` command: `run` the daemon on a pipeline file, `check` one, `test` it against
+//! expectations, or `tap` it with events from stdin.
 
 use clap::{Parser, Subcommand};
-use sheepdog::config::{self, Source};
+use sheepdog::config;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -68,6 +69,25 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run pipeline unit tests (TOML files of inputs and expected fields) through the filter
+    /// chain, with outputs replaced by capture: nothing is sent. Exit 0 when every test passes,
+    /// 1 when one fails, 2 when a test or pipeline file is malformed.
+    Test {
+        /// Pipeline TOML file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Test files (see "Pipeline tests" in README.md).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Read events from stdin (JSON objects, a JSON array, NDJSON or plain lines), run the
+    /// filter chain and print each resulting event as a JSON line, with the index it would go
+    /// to in [@metadata][index]. Nothing is sent, no port is bound. Exit 2 on a bad pipeline.
+    Tap {
+        /// Pipeline TOML file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
 }
 
 fn init_logging(json: bool) {
@@ -89,25 +109,7 @@ fn load(
     path: &Path,
     verify: sheepdog::Verify,
 ) -> Result<(config::PipelineConfig, Vec<config::LocatedProblem>), String> {
-    let source = Source::read(path).map_err(|e| format!("{e:#}"))?;
-    // Stages that parsed are validated (templates, files, addresses) even when others did not,
-    // so one run reports every problem.
-    let (cfg, mut located) =
-        config::parse_partial(&source, &config::process_env).map_err(|e| e.to_string())?;
-    let mut ctx =
-        sheepdog::BuildContext::new(cfg.pipeline.data_dir.clone(), CancellationToken::new());
-    ctx.verify = verify;
-    located.extend(
-        sheepdog::pipeline::validate(&cfg, &ctx)
-            .into_iter()
-            .map(|p| source.locate(p)),
-    );
-    located.sort_by_key(|p| (p.line, p.column));
-    if located.iter().any(|p| p.problem.is_error()) {
-        Err(config::ConfigErrors(located).to_string())
-    } else {
-        Ok((cfg, located))
-    }
+    sheepdog::load(path, &config::process_env, verify).map(|l| (l.config, l.warnings))
 }
 
 async fn wait_for_signal(token: CancellationToken) {
@@ -138,6 +140,10 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Test { config, files } => {
+            ExitCode::from(sheepdog::offline::suite::command(&config, &files))
+        }
+        Command::Tap { config } => ExitCode::from(sheepdog::offline::tap::command(&config)),
         Command::Run { config, log_json } => {
             init_logging(log_json);
             let (cfg, warnings) = match load(&config, sheepdog::Verify::Background) {

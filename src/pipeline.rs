@@ -81,7 +81,7 @@ pub fn validate(config: &PipelineConfig, ctx: &BuildContext) -> Vec<Problem> {
 
 /// [`validate`], keeping the compiled filter chain: building a stage can be costly (the GeoIP
 /// stage verifies its whole database), so `run` builds it once.
-fn validate_and_build(
+pub fn validate_and_build(
     config: &PipelineConfig,
     ctx: &BuildContext,
 ) -> (Vec<Problem>, Vec<FilterStage>) {

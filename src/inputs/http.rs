@@ -391,7 +391,9 @@ fn failure_event(text: &[u8], received: i64, failures: &mut u64) -> Event {
     e
 }
 
-fn parse_object(line: &[u8], received: i64, failures: &mut u64) -> Event {
+/// One document: a JSON object becomes an event, anything else an event with `message` = the
+/// text and tag `_jsonparsefailure` (counted in `failures`). `sheepdog tap` decodes with it too.
+pub fn parse_object(line: &[u8], received: i64, failures: &mut u64) -> Event {
     match Fields::from_json_slice(line) {
         Ok(fields) => Event::from_fields(fields, received),
         Err(_) => failure_event(line, received, failures),

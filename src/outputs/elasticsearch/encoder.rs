@@ -113,11 +113,7 @@ impl Encoder {
                 }
                 _ => {
                     scratch.clear();
-                    if self.index.render_into(event, &mut scratch).is_err() {
-                        // Like Logstash: a missing field leaves the reference in the name.
-                        scratch.clear();
-                        scratch.push_str(self.index.source());
-                    }
+                    self.render_name(event, &mut scratch);
                     write_action(&scratch, &mut chunk.buf);
                 }
             }
@@ -125,6 +121,26 @@ impl Encoder {
             event.fields().write_json(&mut chunk.buf);
             chunk.buf.push(b'\n');
             chunk.ends.push(chunk.buf.len() as u32);
+        }
+    }
+
+    /// The index `event` goes to (`sheepdog test` and `tap` show it without encoding).
+    pub fn index_name(&self, event: &Event) -> String {
+        let mut name = String::new();
+        if self.days.is_some() {
+            let day = event.timestamp_ms().div_euclid(DAY_MS);
+            self.index.render_for_time(day * DAY_MS, &mut name);
+        } else {
+            self.render_name(event, &mut name);
+        }
+        name
+    }
+
+    fn render_name(&self, event: &Event, out: &mut String) {
+        if self.index.render_into(event, out).is_err() {
+            // Like Logstash: a missing field leaves the reference in the name.
+            out.clear();
+            out.push_str(self.index.source());
         }
     }
 
@@ -211,6 +227,26 @@ mod tests {
         enc.encode(&[&old], &mut chunk);
         assert_eq!(split_item(chunk.item(0)).index, "logs-1969.12.31");
         assert_eq!(enc.day_renders(), 3);
+    }
+
+    #[test]
+    fn index_name_is_the_name_encode_writes() {
+        for source in ["logs-%{+YYYY.MM.dd}", "logs-%{[service]}-%{+YYYY}", "fixed"] {
+            let enc = Encoder::new(Template::compile(source).unwrap());
+            for e in [
+                event(json!({"service": "api"}), DAY1),
+                event(json!({}), DAY2),
+                event(json!({}), -1),
+            ] {
+                let mut chunk = Chunk::default();
+                enc.encode(&[&e], &mut chunk);
+                assert_eq!(
+                    enc.index_name(&e),
+                    split_item(chunk.item(0)).index,
+                    "{source}"
+                );
+            }
+        }
     }
 
     #[test]
