@@ -172,6 +172,12 @@ fn check_case(
         p
     };
     let before = problems.len();
+    let expects_something = !(test.expect.is_empty()
+        && test.expect_tags.is_empty()
+        && test.expect_no_tags.is_empty()
+        && test.expect_absent.is_empty()
+        && test.expect_index.is_none()
+        && test.expect_outputs.is_none());
     let now_ms = match test.now {
         Some(v) => parse_now(v, at("now"), problems),
         None => file_now,
@@ -214,13 +220,7 @@ fn check_case(
         expect_index: test.expect_index,
         expect_outputs: test.expect_outputs,
     };
-    if case.expect.is_empty()
-        && case.expect_tags.is_empty()
-        && case.expect_no_tags.is_empty()
-        && case.expect_absent.is_empty()
-        && case.expect_index.is_none()
-        && case.expect_outputs.is_none()
-    {
+    if !expects_something {
         problems.push(
             Problem::at_path(case.path.clone(), format!("test `{}` expects nothing", case.name))
                 .hint("add expect, expect_tags, expect_no_tags, expect_absent, expect_index or expect_outputs"),
