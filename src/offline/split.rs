@@ -54,8 +54,19 @@ impl<R: Read> Splitter<R> {
 
     /// Whether the next document can be read without waiting for more input: `tap` prints what
     /// it has before it blocks, so a slow producer (`tail -f`) sees its events at once.
-    pub fn has_buffered(&self) -> bool {
-        !self.reader.buffer().is_empty()
+    /// White space and array punctuation between documents are skipped as far as they are
+    /// buffered, so a newline after the last document does not count.
+    pub fn has_buffered(&mut self) -> bool {
+        while let Some(&b) = self.reader.buffer().first() {
+            match b {
+                b',' if self.in_array => {}
+                b']' if self.in_array => self.in_array = false,
+                b if b.is_ascii_whitespace() => {}
+                _ => return true,
+            }
+            self.bump();
+        }
+        false
     }
 
     /// The next document, trimmed of white space; `None` at the end of the input.
@@ -350,6 +361,16 @@ mod tests {
         assert_eq!(s.next_document().unwrap().unwrap(), b"{\"a\":1}");
         let err = s.next_document().unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn what_is_buffered_excludes_separators() {
+        let mut s = Splitter::new("{\"a\":1}\n \n[{\"b\":2} , ]\n".as_bytes());
+        assert_eq!(s.next_document().unwrap().unwrap(), b"{\"a\":1}");
+        assert!(s.has_buffered());
+        assert_eq!(s.next_document().unwrap().unwrap(), b"{\"b\":2}");
+        assert!(!s.has_buffered());
+        assert_eq!(s.next_document().unwrap(), None);
     }
 
     #[test]
