@@ -18,6 +18,7 @@ pub mod offline;
 pub mod outputs;
 pub mod pipeline;
 pub mod queue;
+pub mod status;
 pub mod template;
 
 use std::path::{Path, PathBuf};

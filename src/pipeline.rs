@@ -121,6 +121,7 @@ pub fn validate_and_build(
             "api.address",
             &config.api.address,
         ));
+        problems.extend(config.api.status_page.validate());
     }
     (problems, stages)
 }
@@ -184,7 +185,7 @@ async fn worker(
 /// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
 pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()> {
     let stages = Arc::new(checked_filters(&config, &ctx)?);
-    let (outputs, output_tasks) = start_outputs(&config, &ctx).await?;
+    let (outputs, output_tasks, status) = start_outputs(&config, &ctx).await?;
     let outputs = Arc::new(outputs);
     let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
     let events_out = ctx.metrics.counter(
@@ -217,7 +218,7 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
     let api_task = if config.api.address.is_empty() {
         None
     } else {
-        Some(crate::api::start(&config.api.address, &ctx).await?)
+        Some(crate::api::start(&config.api.address, &ctx, status).await?)
     };
     tracing::info!(
         inputs = config.inputs.len(),
@@ -262,11 +263,12 @@ fn checked_filters(
 /// Output tasks by stage id, awaited at shutdown.
 type Tasks = Vec<(String, JoinHandle<()>)>;
 
-/// Starts every output, then the alert rules (fed like an output without `when`).
+/// Starts every output, then the alert rules and the status page's statistics (both fed like
+/// an output without `when`).
 async fn start_outputs(
     config: &PipelineConfig,
     ctx: &BuildContext,
-) -> anyhow::Result<(Vec<OutputSlot>, Tasks)> {
+) -> anyhow::Result<(Vec<OutputSlot>, Tasks, Option<crate::status::Sources>)> {
     let mut output_slots = Vec::new();
     let mut output_tasks: Tasks = Vec::new();
     for stage in &config.outputs {
@@ -292,14 +294,43 @@ async fn start_outputs(
         Some(input) => crate::alerts::start(&input, ctx)?,
         None => None,
     };
-    if let Some(started) = alerts {
+    let alert_states = alerts.map(|(started, states)| {
         output_slots.push(OutputSlot {
             when: None,
             output: started.output,
         });
         output_tasks.push(("alerts".into(), started.task));
+        states
+    });
+    let status = status_sources(config, ctx, alert_states)?;
+    if let Some(sources) = &status {
+        output_slots.push(OutputSlot {
+            when: None,
+            output: Box::new(crate::status::StatsSink(sources.events.clone())),
+        });
     }
-    Ok((output_slots, output_tasks))
+    Ok((output_slots, output_tasks, status))
+}
+
+/// What the status page reads, when the API and the page are on.
+fn status_sources(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+    alerts: Option<crate::alerts::States>,
+) -> anyhow::Result<Option<crate::status::Sources>> {
+    let settings = &config.api.status_page;
+    if config.api.address.is_empty() || !settings.enabled {
+        return Ok(None);
+    }
+    let clock = crate::clock::system();
+    Ok(Some(crate::status::Sources {
+        metrics: ctx.metrics.clone(),
+        health: ctx.health.clone(),
+        rates: Arc::new(crate::status::rates::Rates::new(settings.sample_every)),
+        events: Arc::new(crate::status::EventStats::new(settings, clock.clone())?),
+        alerts,
+        clock,
+    }))
 }
 
 /// The bounded queue between inputs and filter workers, with its depth and capacity gauges.

@@ -270,6 +270,58 @@ impl Engine {
     }
 }
 
+/// A read-only view of the rules' state, for the status page.
+#[derive(Clone)]
+pub struct States(Arc<Engine>);
+
+/// One rule as the status page shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RuleState {
+    pub name: String,
+    pub expr: String,
+    pub window: String,
+    /// "firing" when any group fires, else "ok".
+    pub state: &'static str,
+    /// Groups firing (for a rule without `by`: 0 or 1).
+    pub firing: usize,
+    /// Up to [`States::GROUPS`] firing groups (rules with `by`), by name.
+    pub groups: Vec<String>,
+    /// When the earliest listed group started firing (ms since the epoch).
+    pub since_ms: Option<i64>,
+}
+
+impl States {
+    /// Firing groups listed per rule.
+    pub const GROUPS: usize = 10;
+
+    pub fn new(engine: Arc<Engine>) -> Self {
+        States(engine)
+    }
+
+    /// Every rule's state, in the order of the file.
+    pub fn snapshot(&self) -> Vec<RuleState> {
+        self.0
+            .rules
+            .iter()
+            .map(|rule| {
+                let (firing, groups) = rule.firing_groups(Self::GROUPS);
+                RuleState {
+                    name: rule.name.clone(),
+                    expr: rule.expr.source.clone(),
+                    window: humantime(rule.window_ms),
+                    state: if firing > 0 { "firing" } else { "ok" },
+                    firing,
+                    since_ms: groups.iter().map(|(_, since)| *since).min(),
+                    groups: match rule.expr.group_by {
+                        Some(_) => groups.into_iter().map(|(g, _)| g).collect(),
+                        None => Vec::new(),
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
 /// Compiles `[alerts]` (for tests and tools).
 pub fn engine(input: &Input) -> Result<Engine, Vec<Problem>> {
     Ok(Engine {
@@ -277,8 +329,9 @@ pub fn engine(input: &Input) -> Result<Engine, Vec<Problem>> {
     })
 }
 
-/// Starts the rules when `[alerts]` has any: a sink for the workers and the evaluation task.
-pub fn start(input: &Input, ctx: &BuildContext) -> anyhow::Result<Option<Started>> {
+/// Starts the rules when `[alerts]` has any: a sink for the workers and the evaluation task,
+/// and a view of their state.
+pub fn start(input: &Input, ctx: &BuildContext) -> anyhow::Result<Option<(Started, States)>> {
     start_with_clock(input, ctx, clock::system())
 }
 
@@ -286,7 +339,7 @@ pub fn start_with_clock(
     input: &Input,
     ctx: &BuildContext,
     clock: Arc<dyn Clock>,
-) -> anyhow::Result<Option<Started>> {
+) -> anyhow::Result<Option<(Started, States)>> {
     let (Compiled { config, rules }, _) = compile(input).map_err(|problems| {
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         anyhow::anyhow!("invalid [alerts]: {}", text.join("; "))
@@ -349,14 +402,16 @@ pub fn start_with_clock(
             let _ = t.await;
         }
     });
-    Ok(Some(Started {
+    let states = States::new(engine.clone());
+    let started = Started {
         output: Box::new(AlertSink {
             engine,
             clock,
             closed,
         }),
         task,
-    }))
+    };
+    Ok(Some((started, states)))
 }
 
 fn start_mail(

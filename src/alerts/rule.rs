@@ -498,6 +498,21 @@ impl Rule {
             .count()
     }
 
+    /// How many groups fire, and the first `limit` of them by name with when each started
+    /// firing (ms); the group of a rule without `by` is "".
+    pub fn firing_groups(&self, limit: usize) -> (usize, Vec<(String, i64)>) {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut firing: Vec<(String, i64)> = state
+            .groups
+            .iter()
+            .filter_map(|(g, w)| Some((g.clone(), w.firing_since?)))
+            .collect();
+        firing.sort();
+        let n = firing.len();
+        firing.truncate(limit);
+        (n, firing)
+    }
+
     /// Events ignored because too many groups were tracked (and resets the count).
     pub fn take_dropped_groups(&self) -> u64 {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

@@ -126,3 +126,42 @@ fn rule_mail_states_value_and_threshold() {
     );
     assert!(mail.text.contains("Fired:      from"), "{}", mail.text);
 }
+
+#[test]
+fn states_show_each_rule_firing_or_ok_with_its_groups() {
+    let toml = format!(
+        "{BASE}\n[alerts]\n[[alerts.rules]]\nname = \"errors\"\nexpr = \"error_rate > 50%\"\nwindow = \"1m\"\n[[alerts.rules]]\nname = \"spend\"\nexpr = \"sum(cost_usd) by user_id > 10\"\nwindow = \"1h\"\n"
+    );
+    let cfg = parse(&toml);
+    let engine = Arc::new(engine(&crate::pipeline::alert_input(&cfg).unwrap()).unwrap());
+    let states = States::new(engine.clone());
+    let before = states.snapshot();
+    assert_eq!(
+        before
+            .iter()
+            .map(|r| (r.name.as_str(), r.state, r.window.as_str()))
+            .collect::<Vec<_>>(),
+        [("errors", "ok", "1m"), ("spend", "ok", "1h")]
+    );
+    let events: Vec<crate::event::Event> = [
+        json!({"tags": ["error"], "user_id": "u1", "cost_usd": 20}),
+        json!({"user_id": "u2", "cost_usd": 30}),
+        json!({"user_id": "u3", "cost_usd": 1}),
+    ]
+    .into_iter()
+    .map(|v| match v {
+        Value::Object(m) => crate::event::Event::from_map(m, 0),
+        _ => unreachable!(),
+    })
+    .collect();
+    let refs: Vec<&crate::event::Event> = events.iter().collect();
+    engine.observe(&refs, 1_000_000);
+    engine.evaluate(1_000_000);
+    let after = states.snapshot();
+    assert_eq!(after[0].state, "ok", "1 error in 3 is under 50%");
+    assert_eq!(after[1].state, "firing");
+    assert_eq!(after[1].firing, 2);
+    assert_eq!(after[1].groups, ["u1", "u2"]);
+    assert_eq!(after[1].since_ms, Some(1_000_000));
+    assert_eq!(after[1].expr, "sum(cost_usd) by user_id > 10");
+}

@@ -49,18 +49,21 @@ impl Default for PipelineSettings {
     }
 }
 
-/// The monitoring API (`[api]`): `/health` and `/metrics`.
+/// The monitoring API (`[api]`): `/health`, `/metrics` and the status page.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiSettings {
     /// Listen address; empty disables the API.
     pub address: String,
+    /// `[api.status_page]`: the live page at `/` and `/status.json`.
+    pub status_page: crate::status::Settings,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             address: "127.0.0.1:9600".into(),
+            status_page: crate::status::Settings::default(),
         }
     }
 }

@@ -119,7 +119,8 @@ enum Metric {
     Histogram(Histogram),
 }
 
-type Labels = Vec<(String, String)>;
+/// Label names and values of one series.
+pub type Labels = Vec<(String, String)>;
 
 /// Every series of one metric name: one HELP and TYPE line, then the series in label order.
 #[derive(Debug)]
@@ -261,6 +262,27 @@ impl Registry {
             Metric::Gauge(g) => Some(g.get() as f64),
             Metric::Histogram(_) => None,
         }
+    }
+
+    /// Every counter and gauge series of `name` with its labels and value, in label order
+    /// (empty for an unknown name or a histogram), for the status page.
+    pub fn series(&self, name: &str) -> Vec<(Labels, f64)> {
+        let families = self.families.lock();
+        let Some(family) = families.get(name) else {
+            return Vec::new();
+        };
+        family
+            .series
+            .iter()
+            .filter_map(|(labels, metric)| {
+                let v = match metric {
+                    Metric::Counter(c) => c.get() as f64,
+                    Metric::Gauge(g) => g.get() as f64,
+                    Metric::Histogram(_) => return None,
+                };
+                Some((labels.clone(), v))
+            })
+            .collect()
     }
 
     /// Renders every metric in the Prometheus text exposition format.

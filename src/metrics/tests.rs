@@ -450,3 +450,14 @@ fn parse_value(s: &str) -> Result<f64, String> {
         _ => s.parse().map_err(|_| format!("bad value {s:?}")),
     }
 }
+
+#[test]
+fn series_lists_every_counter_and_gauge_of_a_name() {
+    let r = sample_registry();
+    let series = r.series("sheepdog_input_events_total");
+    let names: Vec<&str> = series.iter().map(|(l, _)| l[0].1.as_str()).collect();
+    assert!(names.contains(&"http"), "{series:?}");
+    assert!(series.iter().any(|(l, v)| l[0].1 == "http" && *v == 3.0));
+    assert_eq!(r.series("sheepdog_queue_events"), [(vec![], 7.0)]);
+    assert!(r.series("no_such_metric").is_empty());
+}
