@@ -1,4 +1,5 @@
-//! Per-stage cost per event: HTTP body decoding, each shipped filter, and bulk encoding. Run
+//! Per-stage cost per event: HTTP body decoding, each shipped filter, bulk encoding and the
+//! status page's statistics. Run
 //! with `GEOIP_DB=GeoLite2/GeoLite2-City.mmdb cargo bench --bench pipeline` (scripts/fetch-geolite2
 //! puts the database there; without it the geoip stage passes events through); every iteration
 //! processes BATCH events, so criterion's element throughput is events per second. Clients
@@ -151,6 +152,16 @@ fn bench(c: &mut Criterion) {
             encoder.encode(black_box(&refs), &mut chunk);
             black_box(chunk.buf.len())
         })
+    });
+    // The status page's rolling statistics (fed every event after the filters): 3,000 users
+    // against the default 200 per minute, so most fold into `other` as under real load.
+    let stats = sheepdog::status::EventStats::new(
+        &sheepdog::status::Settings::default(),
+        sheepdog::clock::system(),
+    )
+    .unwrap();
+    group.bench_function("status_stats", |b| {
+        b.iter(|| stats.observe(black_box(&refs)))
     });
     group.finish();
 }

@@ -116,18 +116,14 @@ struct Minute {
     messages: Map<u64>,
 }
 
-/// Adds to `key`'s entry, or to `other`'s when `limit` keys are held. Allocates only for a key
-/// the minute has not seen yet.
+/// Adds to `key`'s entry, or to `other`'s when `limit` keys are held. A key the minute has seen
+/// costs two lookups and no allocation; names up to 24 bytes are stored inline.
 fn entry<'m, T: Default>(map: &'m mut Map<T>, key: &str, limit: usize) -> &'m mut T {
-    let key = if map.contains_key(key) || map.len() < limit {
-        key
-    } else {
-        OTHER
-    };
-    if !map.contains_key(key) {
-        map.insert(CompactString::from(key), T::default());
+    if map.contains_key(key) {
+        return map.get_mut(key).expect("present");
     }
-    map.get_mut(key).expect("inserted above")
+    let key = if map.len() < limit { key } else { OTHER };
+    map.entry(CompactString::from(key)).or_default()
 }
 
 impl Minute {
