@@ -3,9 +3,12 @@
 //! (version 0.0.4) through `prometheus-client`'s encoder.
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{prometheus_text, DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::{counter, gauge, histogram, MetricType};
+use prometheus_client::encoding::{
+    prometheus_text, DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet,
+};
+use prometheus_client::metrics::{counter, gauge, MetricType};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The `Content-Type` of what [`Registry::render`] writes (Prometheus text format 0.0.4).
@@ -23,6 +26,23 @@ impl Counter {
         self.0.inc_by(n);
     }
     pub fn get(&self) -> u64 {
+        self.0.get()
+    }
+}
+
+/// A monotonically increasing sum of non-negative floats (USD, tokens). An addition is a
+/// compare-and-swap loop on one atomic, never a lock.
+#[derive(Debug, Clone, Default)]
+pub struct FloatCounter(counter::Counter<f64, AtomicU64>);
+
+impl FloatCounter {
+    /// Adds `v`; a negative or non-finite `v` would break monotonicity and is ignored.
+    pub fn add(&self, v: f64) {
+        if v.is_finite() && v >= 0.0 {
+            self.0.inc_by(v);
+        }
+    }
+    pub fn get(&self) -> f64 {
         self.0.get()
     }
 }
@@ -46,14 +66,65 @@ impl Gauge {
     }
 }
 
-/// A histogram with fixed upper bounds (in seconds for latencies). An observation takes a short
-/// uncontended lock, so it suits per-request timings, not per-event ones.
+/// A histogram with fixed upper bounds (in seconds for latencies). An observation is two
+/// relaxed atomic updates (its bucket, then the sum), never a lock, so it suits per-event
+/// values. `_count` is rendered as the sum of the bucket counts read, so it always equals the
+/// `+Inf` bucket; `_sum` may trail a concurrent observation by one value.
 #[derive(Debug, Clone)]
-pub struct Histogram(histogram::Histogram);
+pub struct Histogram(Arc<AtomicHistogram>);
+
+#[derive(Debug)]
+struct AtomicHistogram {
+    bounds: Box<[f64]>,
+    /// Per bucket (not cumulative), one more than `bounds` for `+Inf`.
+    counts: Box<[AtomicU64]>,
+    /// The bits of the f64 sum.
+    sum: AtomicU64,
+}
 
 impl Histogram {
+    fn new(bounds: &[f64]) -> Self {
+        Histogram(Arc::new(AtomicHistogram {
+            bounds: bounds.into(),
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0f64.to_bits()),
+        }))
+    }
+
     pub fn observe(&self, value: f64) {
-        self.0.observe(value);
+        let h = &self.0;
+        // `le` is inclusive; NaN lands in +Inf as it compares false.
+        let i = h.bounds.partition_point(|b| *b < value);
+        let i = if value.is_nan() { h.bounds.len() } else { i };
+        h.counts[i].fetch_add(1, Ordering::Relaxed);
+        let mut old = h.sum.load(Ordering::Relaxed);
+        loop {
+            let new = (f64::from_bits(old) + value).to_bits();
+            match h
+                .sum
+                .compare_exchange_weak(old, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => break,
+                Err(x) => old = x,
+            }
+        }
+    }
+
+    /// Observations so far, per bucket (not cumulative; the last is `+Inf`).
+    pub fn bucket_counts(&self) -> Vec<u64> {
+        self.0
+            .counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let counts = self.bucket_counts();
+        let bounds = self.0.bounds.iter().copied().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(counts.iter().copied()).collect();
+        let sum = f64::from_bits(self.0.sum.load(Ordering::Relaxed));
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
     }
 }
 
@@ -64,7 +135,7 @@ pub const LATENCY_BOUNDS: &[f64] = &[
 
 /// The type of a metric family, which every series of one name shares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub enum Kind {
     Counter,
     Gauge,
     Histogram,
@@ -97,7 +168,7 @@ impl std::fmt::Display for Kind {
 /// A registration that would make the exposition invalid. Names and label keys come from the
 /// code, not from configuration, so the public registration methods panic with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-enum RegisterError {
+pub enum RegisterError {
     #[error("metric {name} is already registered as a {registered}, it cannot also be a {requested}: one name has one type")]
     TypeConflict {
         name: String,
@@ -115,6 +186,7 @@ enum RegisterError {
 #[derive(Debug, Clone)]
 enum Metric {
     Counter(Counter),
+    FloatCounter(FloatCounter),
     Gauge(Gauge),
     Histogram(Histogram),
 }
@@ -154,8 +226,9 @@ impl Collector for Families {
                 let series = descriptor.encode_family(labels)?;
                 match metric {
                     Metric::Counter(c) => c.0.encode(series)?,
+                    Metric::FloatCounter(c) => c.0.encode(series)?,
                     Metric::Gauge(g) => g.0.encode(series)?,
-                    Metric::Histogram(h) => h.0.encode(series)?,
+                    Metric::Histogram(h) => h.encode(series)?,
                 }
             }
         }
@@ -198,6 +271,44 @@ impl Registry {
         }
     }
 
+    /// The float counter `name` with `labels`, registered on first use; panics like
+    /// [`Self::counter`]. It shares the counter type, so one family may mix both.
+    pub fn float_counter(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> FloatCounter {
+        let make = || Metric::FloatCounter(FloatCounter::default());
+        match self.register(name, help, labels, Kind::Counter, make) {
+            Ok(Metric::FloatCounter(c)) => c,
+            other => refuse(other),
+        }
+    }
+
+    /// Claims `name` for a family of `kind` with no series yet (it renders as HELP and TYPE
+    /// only), or checks that an existing family has that kind. For names that come from
+    /// configuration: an error here, not a panic at the first registration.
+    pub fn declare(
+        &self,
+        name: &str,
+        help: &str,
+        label_names: &[&str],
+        kind: Kind,
+    ) -> Result<(), RegisterError> {
+        let labels: Vec<(&str, &str)> = label_names.iter().map(|l| (*l, "")).collect();
+        check_names(name, &labels, kind)?;
+        let mut families = self.families.lock();
+        let family = families.entry(name.to_string()).or_insert_with(|| Family {
+            help: help.to_string(),
+            kind,
+            series: BTreeMap::new(),
+        });
+        if family.kind != kind {
+            return Err(RegisterError::TypeConflict {
+                name: name.to_string(),
+                registered: family.kind,
+                requested: kind,
+            });
+        }
+        Ok(())
+    }
+
     /// The gauge `name` with `labels`, registered on first use; panics like [`Self::counter`].
     pub fn gauge(&self, name: &str, help: &str, labels: &[(&str, &str)]) -> Gauge {
         let make = || Metric::Gauge(Gauge::default());
@@ -216,7 +327,7 @@ impl Registry {
         labels: &[(&str, &str)],
         bounds: &[f64],
     ) -> Histogram {
-        let make = || Metric::Histogram(Histogram(histogram::Histogram::new(bounds.to_vec())));
+        let make = || Metric::Histogram(Histogram::new(bounds));
         match self.register(name, help, labels, Kind::Histogram, make) {
             Ok(Metric::Histogram(h)) => h,
             other => refuse(other),
@@ -259,6 +370,7 @@ impl Registry {
         let families = self.families.lock();
         match families.get(name)?.series.get(&owned(labels))? {
             Metric::Counter(c) => Some(c.get() as f64),
+            Metric::FloatCounter(c) => Some(c.get()),
             Metric::Gauge(g) => Some(g.get() as f64),
             Metric::Histogram(_) => None,
         }

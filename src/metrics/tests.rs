@@ -183,7 +183,7 @@ fn names_that_break_the_format_are_refused() {
         );
     }
     let le = r.register("h", "h", &[("le", "1")], Kind::Histogram, || {
-        Metric::Histogram(Histogram(histogram::Histogram::new([1.0])))
+        Metric::Histogram(Histogram::new(&[1.0]))
     });
     assert!(matches!(le, Err(RegisterError::BadLabel { .. })));
     assert_eq!(r.render(), "");
@@ -209,6 +209,108 @@ fn the_same_name_and_labels_share_one_series() {
     assert!(
         text.contains("\nsheepdog_events_in_total{input=\"http\"} 4\n"),
         "{text}"
+    );
+}
+
+#[test]
+fn float_counters_sum_fractions_and_share_the_counter_type() {
+    let r = Registry::new();
+    let name = "sheepdog_llm_cost_usd_total";
+    let cost = r.float_counter(name, "Cost", &[("model", "gpt-4.1")]);
+    cost.add(0.25);
+    cost.add(0.000125);
+    // Counters only go up: negative and non-finite additions are ignored.
+    cost.add(-1.0);
+    cost.add(f64::NAN);
+    cost.add(f64::INFINITY);
+    r.float_counter(name, "Cost", &[("model", "other")]);
+    r.counter(name, "Cost", &[("model", "integer")]).add(2);
+    assert_eq!(r.value(name, &[("model", "gpt-4.1")]), Some(0.250125));
+    let text = r.render();
+    assert_eq!(
+        text,
+        "# HELP sheepdog_llm_cost_usd_total Cost\n\
+         # TYPE sheepdog_llm_cost_usd_total counter\n\
+         sheepdog_llm_cost_usd_total{model=\"gpt-4.1\"} 0.250125\n\
+         sheepdog_llm_cost_usd_total{model=\"integer\"} 2\n\
+         sheepdog_llm_cost_usd_total{model=\"other\"} 0.0\n"
+    );
+    assert_eq!(check_exposition(&text), Ok(()), "{text}");
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        r.gauge(name, "Cost", &[])
+    }));
+    assert!(refused.is_err());
+}
+
+#[test]
+fn histogram_buckets_are_inclusive_upper_bounds() {
+    let r = Registry::new();
+    let h = r.histogram("latency_ms", "Latency", &[], &[50.0, 100.0, 200.0, 500.0]);
+    for v in [0.0, 49.9, 50.0, 50.1, 100.0, 199.0, 200.0, 500.0, 500.5, 12000.0, f64::NAN] {
+        h.observe(v);
+    }
+    assert_eq!(h.bucket_counts(), vec![3, 2, 2, 1, 3]);
+    let text = r.render();
+    let buckets: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        buckets[..5],
+        [
+            "latency_ms_bucket{le=\"50\"} 3",
+            "latency_ms_bucket{le=\"100\"} 5",
+            "latency_ms_bucket{le=\"200\"} 7",
+            "latency_ms_bucket{le=\"500\"} 8",
+            "latency_ms_bucket{le=\"+Inf\"} 11",
+        ],
+        "{text}"
+    );
+    assert!(text.ends_with("latency_ms_count 11\n"), "{text}");
+    assert_eq!(check_exposition(&text.replace(" NaN", " 0")), Ok(()), "{text}");
+}
+
+#[test]
+fn concurrent_observations_are_all_counted() {
+    let r = Registry::new();
+    let h = r.histogram("h", "H", &[], &[1.0]);
+    let c = r.float_counter("c_total", "C", &[]);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for i in 0..10_000 {
+                    h.observe(f64::from(i % 2) * 2.0);
+                    c.add(0.5);
+                }
+            });
+        }
+    });
+    assert_eq!(h.bucket_counts(), vec![20_000, 20_000]);
+    assert_eq!(r.value("c_total", &[]), Some(20_000.0));
+    assert!(r.render().contains("\nh_sum 40000.0\n"));
+}
+
+#[test]
+fn declare_claims_a_name_and_reports_a_type_conflict() {
+    let r = Registry::new();
+    assert_eq!(r.declare("llm_total", "L", &["model"], Kind::Counter), Ok(()));
+    assert_eq!(
+        r.render(),
+        "# HELP llm_total L\n# TYPE llm_total counter\n"
+    );
+    assert_eq!(r.declare("llm_total", "L", &["model"], Kind::Counter), Ok(()));
+    assert_eq!(
+        r.declare("llm_total", "L", &[], Kind::Histogram),
+        Err(RegisterError::TypeConflict {
+            name: "llm_total".into(),
+            registered: Kind::Counter,
+            requested: Kind::Histogram,
+        })
+    );
+    assert!(matches!(
+        r.declare("h", "H", &["le"], Kind::Histogram),
+        Err(RegisterError::BadLabel { .. })
+    ));
+    assert_eq!(
+        r.declare("llm", "L", &[], Kind::Counter),
+        Err(RegisterError::CounterSuffix("llm".into()))
     );
 }
 
