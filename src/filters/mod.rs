@@ -8,6 +8,7 @@ pub mod cost;
 pub mod date;
 pub mod geoip;
 pub mod json;
+pub mod metrics;
 pub mod mutate;
 pub mod useragent;
 
@@ -41,6 +42,7 @@ pub const TYPES: &[&str] = &[
     "bucket",
     "geoip",
     "useragent",
+    "metrics",
 ];
 
 /// What the stages of one filter chain share while it is built.
@@ -60,6 +62,7 @@ pub enum FilterConfig {
     Bucket(bucket::Config),
     Geoip(geoip::Config),
     Useragent(useragent::Config),
+    Metrics(metrics::Config),
 }
 
 impl FilterConfig {
@@ -79,6 +82,7 @@ impl FilterConfig {
             "bucket" => FilterConfig::Bucket(de(value, path, problems)?),
             "geoip" => FilterConfig::Geoip(de(value, path, problems)?),
             "useragent" => FilterConfig::Useragent(de(value, path, problems)?),
+            "metrics" => FilterConfig::Metrics(de(value, path, problems)?),
             _ => return None,
         })
     }
@@ -114,6 +118,9 @@ impl FilterConfig {
                 .build(id, ctx, &state.geoip, warnings)
                 .map(|f| Box::new(f) as Box<dyn Filter>),
             FilterConfig::Useragent(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Metrics(c) => c
+                .build(&ctx.metrics)
+                .map(|f| Box::new(f) as Box<dyn Filter>),
         }
     }
 }

@@ -236,9 +236,8 @@ fn float_counters_sum_fractions_and_share_the_counter_type() {
          sheepdog_llm_cost_usd_total{model=\"other\"} 0.0\n"
     );
     assert_eq!(check_exposition(&text), Ok(()), "{text}");
-    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        r.gauge(name, "Cost", &[])
-    }));
+    let refused =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| r.gauge(name, "Cost", &[])));
     assert!(refused.is_err());
 }
 
@@ -246,7 +245,19 @@ fn float_counters_sum_fractions_and_share_the_counter_type() {
 fn histogram_buckets_are_inclusive_upper_bounds() {
     let r = Registry::new();
     let h = r.histogram("latency_ms", "Latency", &[], &[50.0, 100.0, 200.0, 500.0]);
-    for v in [0.0, 49.9, 50.0, 50.1, 100.0, 199.0, 200.0, 500.0, 500.5, 12000.0, f64::NAN] {
+    for v in [
+        0.0,
+        49.9,
+        50.0,
+        50.1,
+        100.0,
+        199.0,
+        200.0,
+        500.0,
+        500.5,
+        12000.0,
+        f64::NAN,
+    ] {
         h.observe(v);
     }
     assert_eq!(h.bucket_counts(), vec![3, 2, 2, 1, 3]);
@@ -264,7 +275,11 @@ fn histogram_buckets_are_inclusive_upper_bounds() {
         "{text}"
     );
     assert!(text.ends_with("latency_ms_count 11\n"), "{text}");
-    assert_eq!(check_exposition(&text.replace(" NaN", " 0")), Ok(()), "{text}");
+    assert_eq!(
+        check_exposition(&text.replace(" NaN", " 0")),
+        Ok(()),
+        "{text}"
+    );
 }
 
 #[test]
@@ -290,12 +305,15 @@ fn concurrent_observations_are_all_counted() {
 #[test]
 fn declare_claims_a_name_and_reports_a_type_conflict() {
     let r = Registry::new();
-    assert_eq!(r.declare("llm_total", "L", &["model"], Kind::Counter), Ok(()));
     assert_eq!(
-        r.render(),
-        "# HELP llm_total L\n# TYPE llm_total counter\n"
+        r.declare("llm_total", "L", &["model"], Kind::Counter),
+        Ok(())
     );
-    assert_eq!(r.declare("llm_total", "L", &["model"], Kind::Counter), Ok(()));
+    assert_eq!(r.render(), "# HELP llm_total L\n# TYPE llm_total counter\n");
+    assert_eq!(
+        r.declare("llm_total", "L", &["model"], Kind::Counter),
+        Ok(())
+    );
     assert_eq!(
         r.declare("llm_total", "L", &[], Kind::Histogram),
         Err(RegisterError::TypeConflict {
