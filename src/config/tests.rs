@@ -116,3 +116,46 @@ fn wrong_types_name_the_key() {
         errs[0]
     );
 }
+
+/// The shipped pipeline's metrics stage validates, and a broken one is located in the file.
+#[test]
+fn metrics_stage_from_toml_validates_and_locates_its_problems() {
+    let shipped = include_str!("../../pipelines/holysheep.toml");
+    let start = shipped.find("[[filters]]\ntype = \"metrics\"").unwrap();
+    let end = start + shipped[start..].find("\n# Logstash").unwrap();
+    let stage = &shipped[start..end];
+    let good = format!("{MINIMAL}\n{stage}");
+    let (cfg, _) = parse_str(&good).unwrap_or_else(|e| panic!("{e:?}"));
+    let ctx = crate::BuildContext::new(std::env::temp_dir(), Default::default());
+    assert_eq!(crate::pipeline::validate(&cfg, &ctx), Vec::new());
+    let text = ctx.metrics.render();
+    for family in [
+        "sheepdog_llm_requests_total counter",
+        "sheepdog_llm_cost_usd_total counter",
+        "sheepdog_llm_tokens_total counter",
+        "sheepdog_llm_latency_ms histogram",
+    ] {
+        assert!(text.contains(&format!("# TYPE {family}\n")), "{text}");
+    }
+
+    let bad = good.replace("buckets = [50, 100, 200, 500]", "buckets = [500, 50]");
+    let source = Source::new("test.toml", bad.as_str());
+    let (cfg, _) = parse(&source, &env).unwrap();
+    let ctx = crate::BuildContext::new(std::env::temp_dir(), Default::default());
+    let located: Vec<String> = crate::pipeline::validate(&cfg, &ctx)
+        .into_iter()
+        .map(|p| source.locate(p).to_string())
+        .collect();
+    let line = bad
+        .lines()
+        .position(|l| l == "buckets = [500, 50]")
+        .unwrap()
+        + 1;
+    assert_eq!(
+        located,
+        [format!(
+            "test.toml:{line}:1: error: filters[1].metrics[5].buckets: needs finite, strictly \
+             ascending upper bounds (hint: e.g. buckets = [50, 100, 200, 500]; +Inf is implied)"
+        )]
+    );
+}
