@@ -14,6 +14,7 @@ use sheepdog::inputs::http::decode_body;
 use sheepdog::outputs::elasticsearch::encoder::{Chunk, Encoder};
 use sheepdog::template::Template;
 use std::hint::black_box;
+use std::time::Instant;
 
 const BATCH: usize = 1000;
 
@@ -119,6 +120,28 @@ fn bench(c: &mut Criterion) {
                 |events: &mut Vec<Event>| stage.apply_batch(events),
                 BatchSize::LargeInput,
             )
+        });
+    }
+    // The spend metrics stage only reads events, so two workers can apply it to their own
+    // batch over and over: one iteration is BATCH events on each of two threads at once, all
+    // updating the same series (the contended case of a multi-worker pipeline).
+    if let Some(spend) = stages.iter().find(|s| s.id == "spend_metrics") {
+        let batches = [decoded.clone(), decoded.clone()];
+        group.bench_function("filter_spend_metrics_2_threads", |b| {
+            b.iter_custom(|iters| {
+                let mut owned = batches.clone();
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for batch in &mut owned {
+                        s.spawn(move || {
+                            for _ in 0..iters {
+                                spend.apply_batch(batch);
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
         });
     }
     group.bench_function("all_filters", |b| {
