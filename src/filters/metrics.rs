@@ -470,11 +470,39 @@ fn with_text<R>(value: &Value, f: impl FnOnce(&str) -> R) -> Option<R> {
             } else if let Some(u) = n.as_u64() {
                 Some(f(buf.format(u)))
             } else {
-                let mut buf = ryu::Buffer::new();
-                Some(f(buf.format(n.as_f64()?)))
+                // serde_json writes floats in their shortest form (at most 24 bytes).
+                let mut buf = StackText::default();
+                std::fmt::Write::write_fmt(&mut buf, format_args!("{n}")).ok()?;
+                Some(f(buf.as_str()))
             }
         }
         _ => None,
+    }
+}
+
+/// A short text written on the stack; writing past its capacity fails.
+#[derive(Default)]
+struct StackText {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl StackText {
+    fn as_str(&self) -> &str {
+        // Only whole `&str`s are copied in, so the bytes are UTF-8.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
