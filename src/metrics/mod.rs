@@ -389,6 +389,7 @@ impl Registry {
             .filter_map(|(labels, metric)| {
                 let v = match metric {
                     Metric::Counter(c) => c.get() as f64,
+                    Metric::FloatCounter(c) => c.get(),
                     Metric::Gauge(g) => g.get() as f64,
                     Metric::Histogram(_) => return None,
                 };
