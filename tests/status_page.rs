@@ -107,7 +107,7 @@ fn counted(dog: &Sheepdog) -> Value {
 
 #[test]
 fn status_json_counts_the_posted_events() {
-    let (_es, dog) = start();
+    let (es_server, dog) = start();
     let s = counted(&dog);
     let ev = &s["events"];
     assert_eq!(ev["totals"], json!({"events": 19, "errors": 4}));
@@ -165,6 +165,10 @@ fn status_json_counts_the_posted_events() {
     });
     assert_eq!(es["output"], "elasticsearch");
     assert_eq!(es["status"], "ok");
+    assert_eq!(
+        es["hosts"],
+        json!([{"host": es_server.url.trim_end_matches('/'), "status": "ok", "reason": ""}])
+    );
     assert_eq!(
         (es["retries"].clone(), es["dead_lettered"].clone()),
         (json!(0), json!(0))

@@ -335,6 +335,14 @@ impl Sources {
             .map(|(id, retries)| {
                 let component = format!("output {id}");
                 let health = components.iter().find(|c| c.component == component);
+                let host_prefix = format!("output {id} host ");
+                let hosts: Vec<Value> = components
+                    .iter()
+                    .filter_map(|c| {
+                        let host = c.component.strip_prefix(&host_prefix)?;
+                        Some(json!({ "host": host, "status": c.status, "reason": c.reason }))
+                    })
+                    .collect();
                 let docs = |outcome: &str| {
                     sum_for(
                         m,
@@ -346,6 +354,7 @@ impl Sources {
                     "output": id,
                     "status": health.map(|h| h.status),
                     "reason": health.map(|h| h.reason.as_str()).unwrap_or(""),
+                    "hosts": hosts,
                     "retries": retries as u64,
                     "indexed": docs("indexed"),
                     "dead_lettered": docs("dead_lettered"),

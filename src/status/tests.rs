@@ -59,6 +59,10 @@ fn status_json_has_every_section_with_the_numbers() {
     s.health
         .register("output es")
         .set(Status::Down, "connection refused to http://es:9200");
+    s.health.register("output es host http://es:9200").set(
+        Status::Degraded,
+        "unreachable: connection refused to http://es:9200",
+    );
     s.metrics
         .counter("sheepdog_email_sent_total", "h", &[("output", "alerts")])
         .add(1);
@@ -76,6 +80,8 @@ fn status_json_has_every_section_with_the_numbers() {
     assert_eq!(
         j["elasticsearch"][0],
         json!({"output": "es", "status": "down", "reason": "connection refused to http://es:9200",
+               "hosts": [{"host": "http://es:9200", "status": "degraded",
+                          "reason": "unreachable: connection refused to http://es:9200"}],
                "retries": 3, "indexed": 0, "dead_lettered": 2, "failed": 0, "queued": 0})
     );
     assert_eq!(

@@ -520,10 +520,10 @@ impl Config {
             let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
             anyhow::anyhow!("{}", text.join("; "))
         })?;
-        let service = Arc::new(
-            service::Service::new(&settings.service)
-                .with_context(|| format!("output `{id}`: cannot build the HTTP client"))?,
-        );
+        let mut service = service::Service::new(&settings.service)
+            .with_context(|| format!("output `{id}`: cannot build the HTTP client"))?;
+        service.report_health(id, &ctx.health);
+        let service = Arc::new(service);
         let (tx, rx) = mpsc::channel(settings.queue_max_events.clamp(1, 4096));
         let permits = Arc::new(Semaphore::new(settings.queue_max_events));
         let metrics = sink::Metrics::register(id, ctx);

@@ -1,7 +1,9 @@
 //! HTTP to the cluster: one reqwest client, hosts taken round-robin, a host that fails to
 //! connect skipped for a while (fail-over to the next), basic or API-key auth, optional gzip.
+//! Each host's reachability is logged when it changes and shown as its own health component.
 
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use crate::health::{HealthHandle, HealthRegistry, Status};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How to reach the cluster, validated.
@@ -23,6 +25,32 @@ struct Host {
     base: String,
     /// Milliseconds since `Service::epoch` until which the host is skipped.
     skip_until_ms: AtomicI64,
+    /// The last connection attempt failed; flips log once per change, not once per request.
+    down: AtomicBool,
+    /// `output <id> host <url>` in `/health` once [`Service::report_health`] registered it.
+    health: Option<HealthHandle>,
+}
+
+impl Host {
+    /// Records a failed connection: the first failure after an answer logs and degrades.
+    fn mark_down(&self, reason: &str) {
+        if !self.down.swap(true, Ordering::Relaxed) {
+            tracing::warn!(host = %self.base, reason, "Elasticsearch host went down; its requests go to the other hosts");
+            if let Some(h) = &self.health {
+                h.set(Status::Degraded, format!("unreachable: {reason}"));
+            }
+        }
+    }
+
+    /// Records an answer: the first one after a failure logs and clears the health state.
+    fn mark_up(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!(host = %self.base, "Elasticsearch host is back");
+            if let Some(h) = &self.health {
+                h.ok();
+            }
+        }
+    }
 }
 
 pub struct Service {
@@ -71,6 +99,8 @@ impl Service {
                 .map(|h| Host {
                     base: h.clone(),
                     skip_until_ms: AtomicI64::new(0),
+                    down: AtomicBool::new(false),
+                    health: None,
                 })
                 .collect(),
             next: AtomicUsize::new(0),
@@ -79,6 +109,17 @@ impl Service {
             dead_host_pause: config.dead_host_pause,
             epoch: Instant::now(),
         })
+    }
+
+    /// Registers one health component per host, `output <id> host <url>`: `degraded` with the
+    /// reason while the host refuses connections (the output's own component says whether
+    /// events can be delivered at all), `ok` otherwise.
+    pub fn report_health(&mut self, id: &str, health: &HealthRegistry) {
+        for host in &mut self.hosts {
+            let handle = health.register(format!("output {id} host {}", host.base));
+            handle.ok();
+            host.health = Some(handle);
+        }
     }
 
     fn now_ms(&self) -> i64 {
@@ -158,11 +199,12 @@ impl Service {
             .await;
             match result {
                 Ok((status, body)) => {
+                    host.mark_up();
                     return Ok(Reply {
                         host: host.base.clone(),
                         status,
                         body,
-                    })
+                    });
                 }
                 Err(e) => {
                     let connect = e.is_connect();
@@ -175,7 +217,7 @@ impl Service {
                             self.now_ms() + self.dead_host_pause.as_millis() as i64,
                             Ordering::Relaxed,
                         );
-                        tracing::warn!(host = %host.base, reason = %error.reason, "Elasticsearch host unreachable; trying the next one");
+                        host.mark_down(&error.reason);
                         last_error = Some(error);
                         continue;
                     }
@@ -265,6 +307,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_host_going_down_and_coming_back_changes_its_health_once_each() {
+        let health = HealthRegistry::new();
+        let mut s = service(&["http://x"]);
+        s.report_health("es", &health);
+        let host = &s.hosts[0];
+        host.mark_down("connection refused to http://x");
+        host.mark_down("a second failure does not change the first reason");
+        let c = &health.report().components[0];
+        assert_eq!(c.component, "output es host http://x");
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (
+                Status::Degraded,
+                "unreachable: connection refused to http://x"
+            )
+        );
+        host.mark_up();
+        let c = &health.report().components[0];
+        assert_eq!((c.status, c.reason.as_str()), (Status::Ok, ""));
+    }
+
+    #[tokio::test]
     async fn fails_over_to_a_live_host_and_names_a_dead_one() {
         // A port nothing listens on: bind, note it, close.
         let dead = {
@@ -285,11 +349,29 @@ mod tests {
                     .await;
             }
         });
-        let s = service(&[&dead, &live]);
+        let health = HealthRegistry::new();
+        let mut s = service(&[&dead, &live]);
+        s.report_health("es", &health);
         for _ in 0..3 {
             let reply = s.bulk(bytes::Bytes::from_static(b"{}\n")).await.unwrap();
             assert_eq!((reply.status, reply.host.as_str()), (200, live.as_str()));
         }
+        let state = |host: &str| {
+            let name = format!("output es host {host}");
+            let c = health.report().components;
+            let c = c.into_iter().find(|c| c.component == name).unwrap();
+            (c.status, c.reason)
+        };
+        assert_eq!(
+            state(&dead),
+            (
+                Status::Degraded,
+                format!("unreachable: connection refused to {dead}")
+            )
+        );
+        assert_eq!(state(&live), (Status::Ok, String::new()));
+        // One unreachable host among live ones degrades, never fails, `/health`.
+        assert_eq!(health.report().status, Status::Degraded);
         let only_dead = service(&[&dead]);
         let err = only_dead.bulk(bytes::Bytes::new()).await.err().unwrap();
         assert_eq!(err.reason, format!("connection refused to {dead}"));
