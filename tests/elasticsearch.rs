@@ -120,13 +120,17 @@ fn refused_documents_go_to_the_dead_letter_file_with_the_reason() {
     // the cost filter leaves the event alone.
     let bad = json!({"request_id": "bad-1", "model": "gpt-4.1", "status": "success",
                      "total_tokens": "many", "cost_usd": 0.5, "latency_ms": 80.0});
-    let events = vec![good(1), good(2), bad, good(3)];
+    // `timestamp` is mapped `date`: the shipped pipeline moves a malformed one aside, so this
+    // event is indexed, not refused.
+    let odd_time = json!({"request_id": "odd-time", "model": "gpt-4.1", "status": "success",
+                          "timestamp": "yesterday at noon", "total_tokens": 10, "latency_ms": 5.0});
+    let events = vec![good(1), good(2), bad, good(3), odd_time];
     let (code, text) = dog.post(ndjson(&events), "application/x-ndjson");
     assert_eq!(code, 200, "{text}");
 
     assert_eq!(
-        osmem.wait_count("holysheep-logs-*", 3, Duration::from_secs(30)),
-        3,
+        osmem.wait_count("holysheep-logs-*", 4, Duration::from_secs(30)),
+        4,
         "{}",
         dog.log()
     );
@@ -156,6 +160,14 @@ fn refused_documents_go_to_the_dead_letter_file_with_the_reason() {
         &json!({"size": 10, "query": {"term": {"request_id": "bad-1"}}}),
     );
     assert_eq!(hits["hits"]["total"]["value"], 0);
+    let hits = osmem.search(
+        "holysheep-logs-*",
+        &json!({"size": 10, "query": {"term": {"request_id": "odd-time"}}}),
+    );
+    assert_eq!(hits["hits"]["total"]["value"], 1, "{hits}");
+    let odd = &hits["hits"]["hits"][0]["_source"];
+    assert_eq!(odd["timestamp_unparsed"], "yesterday at noon", "{odd}");
+    assert!(odd.get("timestamp").is_none(), "{odd}");
     assert_eq!(
         dog.metric(
             "sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"dead_lettered\"}"
@@ -164,7 +176,7 @@ fn refused_documents_go_to_the_dead_letter_file_with_the_reason() {
     );
     assert_eq!(
         dog.metric("sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"indexed\"}"),
-        Some(3.0)
+        Some(4.0)
     );
     assert_eq!(dog.health().0, 200);
     assert!(dog.stop().success());

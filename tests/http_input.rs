@@ -91,6 +91,8 @@ fn shipped_filters_enrich_events_from_all_body_shapes() {
         .as_array()
         .unwrap()
         .contains(&json!("_dateparsefailure")));
+    assert_eq!(r5["timestamp_unparsed"], "yesterday", "{r5}");
+    assert!(r5.get("timestamp").is_none(), "{r5}");
 
     let bad = events
         .iter()
