@@ -191,6 +191,18 @@ enum Metric {
     Histogram(Histogram),
 }
 
+impl Metric {
+    /// The value of a counter or gauge; `None` for a histogram, which has no single value.
+    fn scalar(&self) -> Option<f64> {
+        match self {
+            Metric::Counter(c) => Some(c.get() as f64),
+            Metric::FloatCounter(c) => Some(c.get()),
+            Metric::Gauge(g) => Some(g.get() as f64),
+            Metric::Histogram(_) => None,
+        }
+    }
+}
+
 /// Label names and values of one series.
 pub type Labels = Vec<(String, String)>;
 
@@ -293,20 +305,7 @@ impl Registry {
     ) -> Result<(), RegisterError> {
         let labels: Vec<(&str, &str)> = label_names.iter().map(|l| (*l, "")).collect();
         check_names(name, &labels, kind)?;
-        let mut families = self.families.lock();
-        let family = families.entry(name.to_string()).or_insert_with(|| Family {
-            help: help.to_string(),
-            kind,
-            series: BTreeMap::new(),
-        });
-        if family.kind != kind {
-            return Err(RegisterError::TypeConflict {
-                name: name.to_string(),
-                registered: family.kind,
-                requested: kind,
-            });
-        }
-        Ok(())
+        claim(&mut self.families.lock(), name, help, kind).map(|_| ())
     }
 
     /// The gauge `name` with `labels`, registered on first use; panics like [`Self::counter`].
@@ -346,18 +345,7 @@ impl Registry {
     ) -> Result<Metric, RegisterError> {
         check_names(name, labels, kind)?;
         let mut families = self.families.lock();
-        let family = families.entry(name.to_string()).or_insert_with(|| Family {
-            help: help.to_string(),
-            kind,
-            series: BTreeMap::new(),
-        });
-        if family.kind != kind {
-            return Err(RegisterError::TypeConflict {
-                name: name.to_string(),
-                registered: family.kind,
-                requested: kind,
-            });
-        }
+        let family = claim(&mut families, name, help, kind)?;
         Ok(family
             .series
             .entry(owned(labels))
@@ -368,12 +356,7 @@ impl Registry {
     /// The value of a counter or gauge (`None` for a histogram), for tests and `/health`.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let families = self.families.lock();
-        match families.get(name)?.series.get(&owned(labels))? {
-            Metric::Counter(c) => Some(c.get() as f64),
-            Metric::FloatCounter(c) => Some(c.get()),
-            Metric::Gauge(g) => Some(g.get() as f64),
-            Metric::Histogram(_) => None,
-        }
+        families.get(name)?.series.get(&owned(labels))?.scalar()
     }
 
     /// Every counter and gauge series of `name` with its labels and value, in label order
@@ -386,15 +369,7 @@ impl Registry {
         family
             .series
             .iter()
-            .filter_map(|(labels, metric)| {
-                let v = match metric {
-                    Metric::Counter(c) => c.get() as f64,
-                    Metric::FloatCounter(c) => c.get(),
-                    Metric::Gauge(g) => g.get() as f64,
-                    Metric::Histogram(_) => return None,
-                };
-                Some((labels.clone(), v))
-            })
+            .filter_map(|(labels, metric)| Some((labels.clone(), metric.scalar()?)))
             .collect()
     }
 
@@ -406,6 +381,29 @@ impl Registry {
         }
         out
     }
+}
+
+/// The family `name`, created with `help` and `kind` when new; refused when it exists with
+/// another kind.
+fn claim<'a>(
+    families: &'a mut BTreeMap<String, Family>,
+    name: &str,
+    help: &str,
+    kind: Kind,
+) -> Result<&'a mut Family, RegisterError> {
+    let family = families.entry(name.to_string()).or_insert_with(|| Family {
+        help: help.to_string(),
+        kind,
+        series: BTreeMap::new(),
+    });
+    if family.kind != kind {
+        return Err(RegisterError::TypeConflict {
+            name: name.to_string(),
+            registered: family.kind,
+            requested: kind,
+        });
+    }
+    Ok(family)
 }
 
 /// The labels as the key a family keeps its series under.
