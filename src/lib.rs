@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod alloc;
 pub mod api;
+pub mod budget;
 pub mod clock;
 pub mod condition;
 pub mod config;
@@ -35,6 +36,8 @@ pub struct BuildContext {
     pub shutdown: CancellationToken,
     /// When slow checks of data files (walking a GeoIP database) run.
     pub verify: Verify,
+    /// The memory budget every input, the queue and the outputs charge what they hold to.
+    pub budget: budget::MemoryBudget,
 }
 
 /// When a build runs slow checks of data files (walking a 55 MB GeoIP database takes seconds).
@@ -50,8 +53,10 @@ pub enum Verify {
 
 impl BuildContext {
     pub fn new(data_dir: PathBuf, shutdown: CancellationToken) -> Self {
+        let metrics = metrics::Registry::new();
         BuildContext {
-            metrics: metrics::Registry::new(),
+            budget: budget::MemoryBudget::new(budget::DEFAULT_LIMIT, &metrics),
+            metrics,
             health: health::HealthRegistry::new(),
             data_dir,
             shutdown,

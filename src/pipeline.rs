@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+/// The smallest `pipeline.memory_limit` accepted.
+const MIN_MEMORY_LIMIT: u64 = 16 * 1024 * 1024;
+
 /// An output as the workers see it.
 struct OutputSlot {
     when: Option<Condition>,
@@ -113,6 +116,18 @@ pub fn validate_and_build(
     if config.pipeline.batch_size == 0 {
         problems.push(Problem::at("pipeline.batch_size", "must be at least 1"));
     }
+    if config.pipeline.memory_limit < MIN_MEMORY_LIMIT {
+        problems.push(
+            Problem::at(
+                "pipeline.memory_limit",
+                format!(
+                    "{} bytes is too small to hold one request body and one batch",
+                    config.pipeline.memory_limit
+                ),
+            )
+            .hint("use at least 16MiB; the default is 256MiB"),
+        );
+    }
     if config.pipeline.queue_capacity == 0 {
         problems.push(Problem::at("pipeline.queue_capacity", "must be at least 1"));
     }
@@ -184,6 +199,7 @@ async fn worker(
 
 /// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
 pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()> {
+    ctx.budget.set_limit(config.pipeline.memory_limit);
     let stages = Arc::new(checked_filters(&config, &ctx)?);
     let (outputs, output_tasks, status) = start_outputs(&config, &ctx).await?;
     let outputs = Arc::new(outputs);

@@ -1,8 +1,11 @@
 //! The bounded queue between inputs and filter workers, bounded in events (not batches) by a
 //! semaphore. Inputs either wait for room (`send`, Beats: the ACK is withheld meanwhile) or
 //! fail at once (`try_send`, HTTP: 429). A batch holds its permits until its events have been
-//! handed to every output, so queue depth counts events not yet delivered onward.
+//! handed to every output, so queue depth counts events not yet delivered onward. Events travel
+//! with their [`Charge`] on the memory budget: the bytes given with them stay accounted until
+//! the batch is dropped.
 
+use crate::budget::{Charge, Use};
 use crate::event::Event;
 use crate::metrics::Gauge;
 use std::sync::Arc;
@@ -14,6 +17,7 @@ pub struct Batch {
     /// Which input produced the batch (for logs).
     pub source: Arc<str>,
     _permit: OwnedSemaphorePermit,
+    _charge: Charge,
     depth: Gauge,
 }
 
@@ -82,7 +86,14 @@ impl QueueSender {
     }
 
     /// Queues all `events` or none: fails at once when there is not room for all of them.
-    pub fn try_send(&self, source: &Arc<str>, events: Vec<Event>) -> Result<(), QueueError> {
+    /// On success `charge`'s bytes travel with the events (it is left empty); on failure it
+    /// is untouched.
+    pub fn try_send(
+        &self,
+        source: &Arc<str>,
+        events: Vec<Event>,
+        charge: &mut Charge,
+    ) -> Result<(), QueueError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -98,7 +109,7 @@ impl QueueSender {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueError::Full(events)),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::Closed(events)),
         };
-        self.push_chunks(source, events, permit)
+        self.push_chunks(source, events, permit, charge)
     }
 
     /// Takes room for `events` events now, before they exist, or fails at once (`Full` or
@@ -143,8 +154,15 @@ impl QueueSender {
         }
     }
 
-    /// Queues `events`, waiting for room. Events larger than the whole queue go in chunks.
-    pub async fn send(&self, source: &Arc<str>, mut events: Vec<Event>) -> Result<(), QueueError> {
+    /// Queues `events`, waiting for room. Events larger than the whole queue go in chunks,
+    /// each with its share of `charge`; what is left of it on failure covers the events
+    /// handed back.
+    pub async fn send(
+        &self,
+        source: &Arc<str>,
+        mut events: Vec<Event>,
+        charge: &mut Charge,
+    ) -> Result<(), QueueError> {
         while !events.is_empty() {
             let take = events.len().min(self.capacity);
             let rest = if take < events.len() {
@@ -159,20 +177,33 @@ impl QueueSender {
                     return Err(QueueError::Closed(events));
                 }
             };
-            self.push_chunks(source, events, permit)?;
+            let mut share = share_of(charge, take, take + rest.len());
+            if let Err(e) = self.push_chunks(source, events, permit, &mut share) {
+                charge.merge(share);
+                return Err(match e {
+                    QueueError::Closed(mut back) => {
+                        back.extend(rest);
+                        QueueError::Closed(back)
+                    }
+                    full => full,
+                });
+            }
             events = rest;
         }
         Ok(())
     }
 
-    /// Sends events whose room `permit` holds, in batches of at most `batch_size`.
+    /// Sends events whose room `permit` holds, in batches of at most `batch_size`, each with
+    /// its share of `charge` (left empty on success).
     fn push_chunks(
         &self,
         source: &Arc<str>,
         mut events: Vec<Event>,
         mut permit: OwnedSemaphorePermit,
+        charge: &mut Charge,
     ) -> Result<(), QueueError> {
         self.depth.add(events.len() as i64);
+        charge.relabel(Use::Queue);
         while !events.is_empty() {
             let rest = if events.len() > self.batch_size {
                 events.split_off(self.batch_size)
@@ -192,10 +223,12 @@ impl QueueSender {
                     .split(events.len())
                     .expect("permit covers every event of the chunk")
             };
+            let chunk_charge = share_of(charge, events.len(), events.len() + rest.len());
             let batch = Batch {
                 events,
                 source: source.clone(),
                 _permit: chunk_permit,
+                _charge: chunk_charge,
                 depth: self.depth.clone(),
             };
             // The channel holds as many slots as the semaphore has permits, so a batch that got
@@ -206,6 +239,7 @@ impl QueueSender {
                 };
                 let mut back = std::mem::take(&mut batch.events);
                 back.extend(rest);
+                charge.merge(std::mem::replace(&mut batch._charge, Charge::none()));
                 return Err(QueueError::Closed(back));
             }
             events = rest;
@@ -228,7 +262,12 @@ impl Reservation {
 
     /// Queues `events` in the reserved room, giving back what they do not use; more events
     /// than reserved need the difference free now, otherwise nothing is queued (`Full`).
-    pub fn send(mut self, source: &Arc<str>, events: Vec<Event>) -> Result<(), QueueError> {
+    pub fn send(
+        mut self,
+        source: &Arc<str>,
+        events: Vec<Event>,
+        charge: &mut Charge,
+    ) -> Result<(), QueueError> {
         let reserved = self.permit.num_permits();
         let permit = if events.len() <= reserved {
             if events.is_empty() {
@@ -260,8 +299,17 @@ impl Reservation {
                 }
             }
         };
-        self.sender.push_chunks(source, events, permit)
+        self.sender.push_chunks(source, events, permit, charge)
     }
+}
+
+/// The part of `charge` that `part` of `whole` events carry: all of it for the last part.
+fn share_of(charge: &mut Charge, part: usize, whole: usize) -> Charge {
+    if part >= whole {
+        return charge.split_off(charge.bytes());
+    }
+    let bytes = (charge.bytes() as u128 * part as u128 / whole.max(1) as u128) as usize;
+    charge.split_off(bytes)
 }
 
 impl QueueReceiver {
@@ -286,16 +334,16 @@ mod tests {
         let depth = Gauge::default();
         let (tx, rx) = bounded(10, 4, depth.clone());
         let src: Arc<str> = Arc::from("test");
-        tx.try_send(&src, events(9)).unwrap();
+        tx.try_send(&src, events(9), &mut Charge::none()).unwrap();
         assert_eq!(tx.depth(), 9);
         assert_eq!(depth.get(), 9);
-        assert!(matches!(tx.try_send(&src, events(2)), Err(QueueError::Full(e)) if e.len() == 2));
+        assert!(matches!(tx.try_send(&src, events(2), &mut Charge::none()), Err(QueueError::Full(e)) if e.len() == 2));
         let b1 = rx.recv().await.unwrap();
         assert_eq!(b1.events.len(), 4);
         drop(b1);
         assert_eq!(tx.depth(), 5);
         assert_eq!(depth.get(), 5);
-        tx.try_send(&src, events(2)).unwrap();
+        tx.try_send(&src, events(2), &mut Charge::none()).unwrap();
         let sizes: Vec<usize> = [
             rx.recv().await.unwrap(),
             rx.recv().await.unwrap(),
@@ -321,20 +369,20 @@ mod tests {
             "reserved room is taken"
         );
         // 5 events in room for 8: 3 come back.
-        r.send(&src, events(5)).unwrap();
+        r.send(&src, events(5), &mut Charge::none()).unwrap();
         assert_eq!((tx.depth(), depth.get()), (5, 5));
         // More events than reserved: the difference is taken if free...
         let r = tx.try_reserve(1).unwrap();
-        r.send(&src, events(3)).unwrap();
+        r.send(&src, events(3), &mut Charge::none()).unwrap();
         assert_eq!(tx.depth(), 8);
         // ...and nothing is queued when it is not.
         let r = tx.try_reserve(1).unwrap();
-        assert!(matches!(r.send(&src, events(4)), Err(QueueError::Full(e)) if e.len() == 4));
+        assert!(matches!(r.send(&src, events(4), &mut Charge::none()), Err(QueueError::Full(e)) if e.len() == 4));
         assert_eq!(tx.depth(), 8, "the failed reservation was given back");
         let r = tx.try_reserve(2).unwrap();
         drop(r);
         assert_eq!(tx.depth(), 8);
-        tx.try_reserve(0).unwrap().send(&src, Vec::new()).unwrap();
+        tx.try_reserve(0).unwrap().send(&src, Vec::new(), &mut Charge::none()).unwrap();
         let mut sizes = Vec::new();
         while tx.depth() > 0 {
             let b = rx.recv().await.unwrap();
@@ -349,7 +397,7 @@ mod tests {
         use std::time::Duration;
         let (tx, rx) = bounded(10, 10, Gauge::default());
         let src: Arc<str> = Arc::from("test");
-        tx.try_send(&src, events(8)).unwrap();
+        tx.try_send(&src, events(8), &mut Charge::none()).unwrap();
         let started = tokio::time::Instant::now();
         assert!(matches!(
             tx.reserve_within(5, Duration::from_millis(30)).await,
@@ -378,7 +426,7 @@ mod tests {
     async fn send_waits_for_room_and_chunks_oversized_input() {
         let (tx, rx) = bounded(3, 2, Gauge::default());
         let src: Arc<str> = Arc::from("test");
-        let sender = tokio::spawn(async move { tx.send(&src, events(7)).await.map_err(|_| ()) });
+        let sender = tokio::spawn(async move { tx.send(&src, events(7), &mut Charge::none()).await.map_err(|_| ()) });
         let mut got = 0;
         while got < 7 {
             let b = rx.recv().await.unwrap();
@@ -387,5 +435,28 @@ mod tests {
         sender.await.unwrap().unwrap();
         assert_eq!(got, 7);
         assert!(rx.recv().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_charge_travels_with_the_batches_and_comes_back_when_they_drop() {
+        use crate::budget::MemoryBudget;
+        let budget = MemoryBudget::unmetered(10_000);
+        let (tx, rx) = bounded(100, 4, Gauge::default());
+        let src: Arc<str> = Arc::from("t");
+        let mut charge = budget.try_charge(1000, Use::HttpBody).unwrap();
+        tx.try_send(&src, events(10), &mut charge).unwrap();
+        assert_eq!(charge.bytes(), 0);
+        assert_eq!(budget.used(), 1000);
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.events.len(), 4);
+        drop(first);
+        assert_eq!(budget.used(), 600);
+        drop(rx.recv().await.unwrap());
+        drop(rx.recv().await.unwrap());
+        assert_eq!(budget.used(), 0);
+        // Refused events leave the charge with the caller.
+        let mut charge = budget.try_charge(500, Use::HttpBody).unwrap();
+        assert!(tx.try_send(&src, events(101), &mut charge).is_err());
+        assert_eq!(charge.bytes(), 500);
     }
 }

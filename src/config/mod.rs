@@ -35,6 +35,12 @@ pub struct PipelineSettings {
     pub shutdown_timeout: Duration,
     /// Directory for the dead-letter file and other state.
     pub data_dir: PathBuf,
+    /// The memory budget in bytes over everything held for clients: bodies and Beats windows
+    /// being read, inflated and decoded, events in the queue and documents in the outputs.
+    /// Once it is spent, inputs wait and then refuse (HTTP 429, withheld Beats ACK) instead of
+    /// growing. Default `256MiB`.
+    #[serde(deserialize_with = "de::bytes")]
+    pub memory_limit: u64,
 }
 
 impl Default for PipelineSettings {
@@ -45,6 +51,7 @@ impl Default for PipelineSettings {
             batch_size: 1024,
             shutdown_timeout: Duration::from_secs(30),
             data_dir: PathBuf::from("data"),
+            memory_limit: crate::budget::DEFAULT_LIMIT,
         }
     }
 }

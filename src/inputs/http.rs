@@ -5,6 +5,7 @@
 //! full for `queue_wait`, 401 when authentication is configured and fails, 503 while shutting down.
 
 use super::check_address;
+use crate::budget::Charge;
 use crate::config::de;
 use crate::config::problem::Problem;
 use crate::event::{now_ms, Event, Fields, Receipt};
@@ -279,7 +280,7 @@ async fn queue_body(state: &HttpState, body: &[u8]) -> Response {
     let queued = match reservation {
         // More events than reserved (a JSON array) and no room for the rest right now: the
         // reservation is given back and the body waits like any other.
-        Some(r) => match r.send(&state.source, events) {
+        Some(r) => match r.send(&state.source, events, &mut Charge::none()) {
             Err(QueueError::Full(events)) if !events.is_empty() => {
                 enqueue(&state.queue, &state.source, events, state.queue_wait).await
             }
@@ -345,19 +346,20 @@ async fn enqueue(
     events: Vec<Event>,
     wait: Duration,
 ) -> Result<(), QueueError> {
-    let events = match queue.try_send(source, events) {
+    let mut charge = Charge::none();
+    let events = match queue.try_send(source, events, &mut charge) {
         Err(QueueError::Full(events)) => events,
         other => return other,
     };
     if events.len() > queue.capacity() {
-        return queue.send(source, events).await;
+        return queue.send(source, events, &mut charge).await;
     }
     if wait.is_zero() {
         return Err(QueueError::Full(events));
     }
     // `send` takes the permits for a body that fits in one step, so running out of time never
     // leaves part of the body queued.
-    match tokio::time::timeout(wait, queue.send(source, events)).await {
+    match tokio::time::timeout(wait, queue.send(source, events, &mut charge)).await {
         Ok(result) => result,
         Err(_) => Err(QueueError::Full(Vec::new())),
     }

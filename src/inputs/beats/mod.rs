@@ -629,7 +629,8 @@ async fn queue_with_keepalive<W: AsyncWrite + Unpin>(
     write: &mut W,
     shared: &Shared,
 ) -> Result<bool, ConnError> {
-    let send = shared.queue.send(&shared.source, events);
+    let mut charge = crate::budget::Charge::none();
+    let send = shared.queue.send(&shared.source, events, &mut charge);
     tokio::pin!(send);
     let start = tokio::time::Instant::now() + shared.keepalive;
     let mut ticks = tokio::time::interval_at(start, shared.keepalive);

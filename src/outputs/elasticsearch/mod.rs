@@ -529,6 +529,7 @@ impl Config {
         let metrics = sink::Metrics::register(id, ctx);
         let encoder = Encoder::new(settings.index.clone());
         let output = ElasticsearchOutput {
+            budget: ctx.budget.clone(),
             encoder,
             tx,
             permits,
@@ -582,6 +583,8 @@ pub(crate) struct Pending {
     events: usize,
     _permit: OwnedSemaphorePermit,
     queued: crate::metrics::Gauge,
+    /// The documents' bytes on the memory budget, held until delivery.
+    _charge: Option<crate::budget::Charge>,
 }
 
 impl Pending {
@@ -592,7 +595,16 @@ impl Pending {
             chunk,
             _permit: permit,
             queued,
+            _charge: None,
         }
+    }
+
+    /// Charges the documents' bytes to `budget` until the chunk is delivered. The charge is
+    /// forced: a worker handing events over must not wait on room only delivery frees.
+    fn charged_to(mut self, budget: &crate::budget::MemoryBudget) -> Self {
+        let bytes = self.chunk.buf.capacity() + self.chunk.ends.capacity() * std::mem::size_of::<u32>();
+        self._charge = Some(budget.force(bytes, crate::budget::Use::Output));
+        self
     }
 }
 
@@ -603,6 +615,7 @@ impl Drop for Pending {
 }
 
 struct ElasticsearchOutput {
+    budget: crate::budget::MemoryBudget,
     encoder: Encoder,
     tx: mpsc::Sender<Pending>,
     permits: Arc<Semaphore>,
@@ -633,7 +646,7 @@ impl Output for ElasticsearchOutput {
             let Ok(permit) = self.permits.clone().acquire_many_owned(want).await else {
                 return;
             };
-            let pending = Pending::new(chunk, permit, self.queued.clone());
+            let pending = Pending::new(chunk, permit, self.queued.clone()).charged_to(&self.budget);
             if self.tx.send(pending).await.is_err() {
                 tracing::error!("elasticsearch output task has stopped; events were not delivered");
             }
