@@ -52,6 +52,31 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Print each store's documents grouped by reason, with the first and last time seen.
+    List {
+        /// Pipeline TOML file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this output's store (its `id`).
+        #[arg(long)]
+        output: Option<String>,
+    },
+    /// Send the stored documents to the cluster again; exit 1 when some could not be sent now.
+    Replay {
+        /// Pipeline TOML file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this output's store (its `id`).
+        #[arg(long)]
+        output: Option<String>,
+        /// Only documents whose reason (as `list` prints it) contains this text.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the daemon on a pipeline file until SIGINT or SIGTERM, then drain and flush.
     Run {
@@ -61,6 +86,13 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+    },
+    /// The Elasticsearch outputs' dead-letter stores: `list` groups the refused documents by
+    /// reason, `replay` sends them to the cluster again (after a mapping was fixed); a replayed
+    /// document leaves the store only once indexed.
+    DeadLetter {
+        #[command(subcommand)]
+        action: DeadLetterAction,
     },
     /// Validate a pipeline file: print every problem as file:line:column with a hint; exit 1
     /// when there is an error, 0 when the file is fine (warnings allowed).
@@ -142,6 +174,20 @@ fn main() -> ExitCode {
         },
         Command::Test { config, files } => {
             ExitCode::from(sheepdog::offline::suite::command(&config, &files))
+        }
+        Command::DeadLetter { action } => {
+            use sheepdog::offline::dead_letter::{command, Action};
+            let code = match action {
+                DeadLetterAction::List { config, output } => {
+                    command(&config, output.as_deref(), Action::List)
+                }
+                DeadLetterAction::Replay {
+                    config,
+                    output,
+                    reason,
+                } => command(&config, output.as_deref(), Action::Replay { reason }),
+            };
+            ExitCode::from(code)
         }
         Command::Tap { config } => ExitCode::from(sheepdog::offline::tap::command(&config)),
         Command::Run { config, log_json } => {

@@ -2,6 +2,7 @@
 //! go through the compiled stages as a filter worker runs them, and instead of being sent each
 //! is routed: the outputs whose `when` holds for it and the Elasticsearch index it would go to.
 
+pub mod dead_letter;
 pub mod spec;
 pub mod split;
 pub mod suite;

@@ -4,6 +4,7 @@
 
 mod dead_letter;
 pub mod encoder;
+pub mod replay;
 mod retention;
 mod retry;
 mod service;
@@ -515,6 +516,17 @@ impl Config {
         dead_letter_path
     }
 
+    /// The output's dead-letter store with a client for its cluster, for `sheepdog
+    /// dead-letter`.
+    pub fn dead_letter_store(&self, ctx: &BuildContext) -> anyhow::Result<replay::Store> {
+        let settings = self.settings(ctx).map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            anyhow::anyhow!("{}", text.join("; "))
+        })?;
+        let service = service::Service::new(&settings.service)?;
+        Ok(replay::Store::new(settings.dead_letter_path, service))
+    }
+
     pub fn start(&self, id: &str, ctx: &BuildContext) -> anyhow::Result<Started> {
         let settings = self.settings(ctx).map_err(|problems| {
             let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -602,7 +614,8 @@ impl Pending {
     /// Charges the documents' bytes to `budget` until the chunk is delivered. The charge is
     /// forced: a worker handing events over must not wait on room only delivery frees.
     fn charged_to(mut self, budget: &crate::budget::MemoryBudget) -> Self {
-        let bytes = self.chunk.buf.capacity() + self.chunk.ends.capacity() * std::mem::size_of::<u32>();
+        let bytes =
+            self.chunk.buf.capacity() + self.chunk.ends.capacity() * std::mem::size_of::<u32>();
         self._charge = Some(budget.force(bytes, crate::budget::Use::Output));
         self
     }
