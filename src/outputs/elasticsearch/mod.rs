@@ -100,7 +100,15 @@ pub struct Config {
     /// PEM file with the CA certificate(s) to trust for `https://` hosts.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
-    /// Accept any server certificate (testing only). Default false.
+    /// PEM client certificate (chain) presented to `https://` hosts that ask for one; needs
+    /// `tls_key`.
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key of `tls_certificate` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Accept any server certificate, so anyone between sheepdog and the cluster can read and
+    /// change what is sent (testing only; `check` and start-up warn). Default false.
     #[serde(default, deserialize_with = "de::from_str_or_value")]
     pub tls_skip_verify: bool,
     /// Delete this output's daily indices (`index` = `<prefix>%{+YYYY.MM.dd}`) dated more than
@@ -176,10 +184,21 @@ struct TemplateInstall {
 
 impl Config {
     pub fn validate(&self, ctx: &BuildContext) -> Vec<Problem> {
-        match self.settings(ctx) {
+        let mut problems = match self.settings(ctx) {
             Ok(_) => Vec::new(),
             Err(problems) => problems,
+        };
+        if self.tls_skip_verify {
+            problems.push(
+                Problem::at(
+                    "tls_skip_verify",
+                    "server certificates are not verified: anyone between sheepdog and the cluster can read and change the documents and credentials sent",
+                )
+                .hint("trust the cluster's CA with tls_ca = \"/path/to/http_ca.crt\" and remove tls_skip_verify")
+                .warning(),
+            );
         }
+        problems
     }
 
     fn hosts(&self, problems: &mut Vec<Problem>) -> Vec<String> {
@@ -232,6 +251,7 @@ impl Config {
         let authorization = self.authorization(&mut problems);
         let gzip = self.gzip(&mut problems);
         let tls_ca_pem = self.tls_ca_pem(&mut problems);
+        let tls_identity_pem = self.tls_identity_pem(&mut problems);
         self.check_limits(&mut problems);
         let template = self.template_install(&mut problems);
         let dead_letter_path = self.dead_letter_path(ctx, &mut problems);
@@ -244,6 +264,7 @@ impl Config {
                     request_timeout: self.request_timeout,
                     gzip,
                     tls_ca_pem,
+                    tls_identity_pem,
                     tls_skip_verify: self.tls_skip_verify,
                     dead_host_pause: self.retry_max_backoff.min(Duration::from_secs(5)),
                 },
@@ -365,6 +386,56 @@ impl Config {
             },
         };
         tls_ca_pem
+    }
+
+    /// The client certificate and its key as one PEM bundle, checked to make an identity.
+    fn tls_identity_pem(&self, problems: &mut Vec<Problem>) -> Option<Vec<u8>> {
+        let (cert, key) = match (&self.tls_certificate, &self.tls_key) {
+            (None, None) => return None,
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) | (None, Some(_)) => {
+                problems.push(
+                    Problem::at(
+                        "tls_certificate",
+                        "a client certificate needs both `tls_certificate` and `tls_key`",
+                    )
+                    .hint("give both PEM files, or neither"),
+                );
+                return None;
+            }
+        };
+        let mut read = |key: &str, path: &PathBuf| match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                problems.push(
+                    Problem::at(key, format!("cannot read `{}`: {e}", path.display()))
+                        .hint("give the path of a readable PEM file"),
+                );
+                None
+            }
+        };
+        let (Some(mut bundle), Some(key_pem)) =
+            (read("tls_key", key), read("tls_certificate", cert))
+        else {
+            return None;
+        };
+        bundle.push(b'\n');
+        bundle.extend_from_slice(&key_pem);
+        if let Err(e) = reqwest::Identity::from_pem(&bundle) {
+            problems.push(
+                Problem::at(
+                    "tls_certificate",
+                    format!(
+                        "`{}` and `{}` do not make a client identity: {e}",
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+                .hint("a PEM certificate chain and its private key (PKCS#8, PKCS#1 or SEC1)"),
+            );
+            return None;
+        }
+        Some(bundle)
     }
 
     /// Checks that sizes, intervals and backoffs are positive.
@@ -681,6 +752,51 @@ mod tests {
 
     fn parse(toml_text: &str) -> Result<Config, String> {
         toml::from_str(toml_text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn client_certificates_need_both_files_and_skipped_verification_warns() {
+        let c = parse(
+            "hosts = \"https://es:9200\"\nindex = \"x\"\ntls_certificate = \"/nonexistent/c.pem\"",
+        )
+        .unwrap();
+        let problems = c.validate(&ctx());
+        assert!(
+            problems.iter().any(|p| p
+                .to_string()
+                .contains("needs both `tls_certificate` and `tls_key`")),
+            "{problems:?}"
+        );
+        let c = parse("hosts = \"https://es:9200\"\nindex = \"x\"\ntls_certificate = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"").unwrap();
+        let problems = c.validate(&ctx());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.is_error() && p.to_string().contains("cannot read `/nonexistent/")),
+            "{problems:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let text = format!(
+            "hosts = \"https://es:9200\"\nindex = \"x\"\ntls_certificate = \"{0}\"\ntls_key = \"{0}\"",
+            junk.display()
+        );
+        let problems = parse(&text).unwrap().validate(&ctx());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.is_error() && p.to_string().contains("do not make a client identity")),
+            "{problems:?}"
+        );
+        let c =
+            parse("hosts = \"https://es:9200\"\nindex = \"x\"\ntls_skip_verify = true").unwrap();
+        let problems = c.validate(&ctx());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(!problems[0].is_error());
+        assert!(problems[0]
+            .to_string()
+            .contains("server certificates are not verified"));
     }
 
     #[test]

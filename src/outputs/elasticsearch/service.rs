@@ -16,6 +16,8 @@ pub struct ServiceConfig {
     pub request_timeout: Duration,
     pub gzip: bool,
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key, PEM.
+    pub tls_identity_pem: Option<Vec<u8>>,
     pub tls_skip_verify: bool,
     /// How long a host that refused a connection is skipped.
     pub dead_host_pause: Duration,
@@ -90,6 +92,9 @@ impl Service {
             for cert in reqwest::Certificate::from_pem_bundle(pem)? {
                 builder = builder.add_root_certificate(cert);
             }
+        }
+        if let Some(pem) = &config.tls_identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(pem)?);
         }
         Ok(Service {
             client: builder.build()?,
@@ -282,6 +287,7 @@ mod tests {
             request_timeout: Duration::from_secs(2),
             gzip: false,
             tls_ca_pem: None,
+            tls_identity_pem: None,
             tls_skip_verify: false,
             dead_host_pause: Duration::from_secs(60),
         })
