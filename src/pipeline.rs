@@ -251,7 +251,9 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
         output_tasks,
         api_task,
     };
-    running.drain(config.pipeline.shutdown_timeout).await;
+    running
+        .drain(config.pipeline.shutdown_timeout, &ctx.metrics)
+        .await;
     Ok(())
 }
 
@@ -374,6 +376,21 @@ fn pipeline_queue(
     (queue_tx, queue_rx)
 }
 
+/// Events still in the pipeline queue (or with the workers), and held by outputs.
+fn undelivered(metrics: &crate::metrics::Registry) -> (i64, i64) {
+    let sum = |name: &str| -> i64 {
+        metrics
+            .series(name)
+            .into_iter()
+            .map(|(_, v)| v as i64)
+            .sum()
+    };
+    (
+        sum("sheepdog_queue_events"),
+        sum("sheepdog_es_queued_events"),
+    )
+}
+
 /// The tasks of a started pipeline, in the order shutdown ends them.
 struct Running {
     input_tasks: Tasks,
@@ -386,7 +403,7 @@ struct Running {
 impl Running {
     /// Stops the inputs, lets the workers drain the queue, then lets the outputs flush, all
     /// within `timeout`.
-    async fn drain(self, timeout: Duration) {
+    async fn drain(self, timeout: Duration, metrics: &crate::metrics::Registry) {
         let deadline = tokio::time::Instant::now() + timeout;
         tracing::info!(timeout = ?timeout, "shutting down: stopping inputs, draining the queue");
         for (id, task) in self.input_tasks {
@@ -402,8 +419,16 @@ impl Running {
         drop(self.outputs);
         for (id, task) in self.output_tasks {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
-                tracing::warn!(output = %id, "output did not flush before the shutdown deadline; undelivered events are lost");
+                tracing::warn!(output = %id, "output did not flush before the shutdown deadline");
             }
+        }
+        let (queued, in_outputs) = undelivered(metrics);
+        if queued + in_outputs > 0 {
+            tracing::error!(
+                queued,
+                in_outputs,
+                "shutdown deadline passed with events not delivered; they are lost (the memory queue keeps nothing across restarts)"
+            );
         }
         if let Some(api) = self.api_task {
             api.abort();
