@@ -158,6 +158,17 @@ async fn wait_for_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Turns each SIGHUP into a reload request; hangups while one is pending fold into it.
+async fn forward_hangups(requests: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    while hangups.recv().await.is_some() {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = requests.try_send(()) {
+            return;
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -195,6 +206,8 @@ fn main() -> ExitCode {
         Command::Tap { config } => ExitCode::from(sheepdog::offline::tap::command(&config)),
         Command::Run { config, log_json } => {
             init_logging(log_json);
+            // The text the running pipeline was built from, for reloads to compare with.
+            let text = std::fs::read_to_string(&config).unwrap_or_default();
             let (cfg, warnings) = match load(&config, sheepdog::Verify::Background) {
                 Ok(v) => v,
                 Err(text) => {
@@ -212,7 +225,9 @@ fn main() -> ExitCode {
             let result = runtime.block_on(async move {
                 let token = CancellationToken::new();
                 tokio::spawn(wait_for_signal(token.clone()));
-                sheepdog::run(cfg, token).await
+                let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(forward_hangups(reload_tx));
+                sheepdog::run_reloadable(cfg, token, config, text, reload_rx).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

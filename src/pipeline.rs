@@ -168,18 +168,23 @@ fn worker_count(configured: usize) -> usize {
 
 async fn worker(
     queue: Arc<QueueReceiver>,
-    stages: Arc<Vec<FilterStage>>,
+    chain: tokio::sync::watch::Receiver<crate::reload::Chain>,
     outputs: Arc<Vec<OutputSlot>>,
     events_out: crate::metrics::Counter,
 ) {
     // A stage still loading (the GeoIP database is verified after the inputs bind) holds the
     // first batch back; the bounded queue fills meanwhile, then inputs push back (HTTP 429).
-    for stage in stages.iter() {
+    // A reloaded chain was built complete.
+    let first = chain.borrow().clone();
+    for stage in first.iter() {
         if let Some(ready) = stage.ready() {
             ready.await;
         }
     }
+    drop(first);
     while let Some(mut batch) = queue.recv().await {
+        // The chain for this batch: a reload between batches takes effect at the next one.
+        let stages = chain.borrow().clone();
         for stage in stages.iter() {
             stage.apply_batch(&mut batch.events);
         }
@@ -198,9 +203,24 @@ async fn worker(
 }
 
 /// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
-pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()> {
+/// Where a running pipeline re-reads its file from, and when.
+pub struct ReloadSource {
+    pub path: std::path::PathBuf,
+    /// The file as `config` was parsed from it.
+    pub text: String,
+    /// One message per reload request (SIGHUP).
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+}
+
+pub async fn run(
+    config: PipelineConfig,
+    ctx: BuildContext,
+    reload: Option<ReloadSource>,
+) -> anyhow::Result<()> {
     ctx.budget.set_limit(config.pipeline.memory_limit);
     let stages = Arc::new(checked_filters(&config, &ctx)?);
+    let filters = stages.len();
+    let (chain_tx, chain) = tokio::sync::watch::channel(stages);
     let (outputs, output_tasks, status) = start_outputs(&config, &ctx).await?;
     let outputs = Arc::new(outputs);
     let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
@@ -213,7 +233,7 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
         .map(|_| {
             tokio::spawn(worker(
                 queue_rx.clone(),
-                stages.clone(),
+                chain.clone(),
                 outputs.clone(),
                 events_out.clone(),
             ))
@@ -238,12 +258,12 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
     };
     tracing::info!(
         inputs = config.inputs.len(),
-        filters = stages.len(),
+        filters,
         outputs = outputs.len(),
         "sheepdog ready"
     );
 
-    ctx.shutdown.cancelled().await;
+    wait_for_shutdown(&ctx, chain_tx, reload).await;
     let running = Running {
         input_tasks,
         workers,
@@ -255,6 +275,31 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
         .drain(config.pipeline.shutdown_timeout, &ctx.metrics)
         .await;
     Ok(())
+}
+
+/// Waits for shutdown, reloading the pipeline file on each request meanwhile.
+async fn wait_for_shutdown(
+    ctx: &BuildContext,
+    chain: tokio::sync::watch::Sender<crate::reload::Chain>,
+    reload: Option<ReloadSource>,
+) {
+    let Some(mut source) = reload else {
+        ctx.shutdown.cancelled().await;
+        return;
+    };
+    let mut reloader = crate::reload::Reloader::new(source.path, source.text, chain, ctx);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            request = source.requests.recv() => match request {
+                Some(()) => reloader.reload().await,
+                None => {
+                    ctx.shutdown.cancelled().await;
+                    return;
+                }
+            },
+        }
+    }
 }
 
 /// Validates the whole configuration (logging its warnings) and returns the compiled filter
