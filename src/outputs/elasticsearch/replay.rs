@@ -74,13 +74,14 @@ pub struct Group {
 }
 
 /// The reason a letter is grouped and selected by: its error type and reason, with what is
-/// quoted in the reason (field values, document ids) replaced by `…` so that documents
+/// quoted in the reason (a quote opens after a space or punctuation) (field values, document ids) replaced by `…` so that documents
 /// refused for the same cause share it.
 fn group_reason(kind: &str, reason: &str) -> String {
     let mut out = String::with_capacity(kind.len() + reason.len() + 2);
     out.push_str(if kind.is_empty() { "unknown" } else { kind });
     out.push_str(": ");
     let mut quote: Option<char> = None;
+    let mut previous = ' ';
     for c in reason.chars() {
         match quote {
             Some(q) if c == q => {
@@ -91,11 +92,13 @@ fn group_reason(kind: &str, reason: &str) -> String {
             Some(_) => {}
             None => {
                 out.push(c);
-                if c == '\'' || c == '"' {
+                // An apostrophe inside a word (`field's`) opens nothing.
+                if (c == '\'' || c == '"') && !previous.is_alphanumeric() {
                     quote = Some(c);
                 }
             }
         }
+        previous = c;
     }
     if quote.is_some() {
         out.push('…');
