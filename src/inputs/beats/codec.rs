@@ -60,6 +60,20 @@ pub enum Body {
     Pairs(Vec<(Bytes, Bytes)>),
 }
 
+impl Body {
+    /// The bytes the client sent for this event.
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Json(b) => b.len(),
+            Body::Pairs(p) => p.iter().map(|(k, v)| k.len() + v.len()).sum(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// What one connection's decoder may hold or accept.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

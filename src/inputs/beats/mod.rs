@@ -13,6 +13,7 @@ pub mod codec;
 mod limits;
 pub mod tls;
 
+use crate::budget::{self, Charge, MemoryBudget, Use};
 use crate::config::de;
 use crate::config::problem::Problem;
 use crate::event::{now_ms, Event, Fields, Receipt, SharedValue};
@@ -268,6 +269,7 @@ impl Config {
             handshake: self.ssl_handshake_timeout,
             tls,
             queue,
+            budget: ctx.budget.clone(),
             metrics: Metrics::register(&ctx.metrics, id),
             shutdown: ctx.shutdown.clone(),
         });
@@ -289,6 +291,7 @@ struct Shared {
     handshake: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
     queue: QueueSender,
+    budget: MemoryBudget,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
@@ -310,6 +313,7 @@ const ERROR_KINDS: &[&str] = &[
     "closed_mid_window",
     "idle_mid_window",
     "slow_frame",
+    "memory_budget",
     "tls_handshake",
     "ack_write",
 ];
@@ -412,6 +416,8 @@ enum ConnError {
     Protocol(#[from] ProtocolError),
     #[error("connection closed after {got} of {expected} events of a window")]
     ClosedMidWindow { expected: u32, got: usize },
+    #[error("memory budget: {0}")]
+    Budget(String),
     #[error("no data for {0:?} in the middle of a window")]
     IdleMidWindow(Duration),
     #[error(
@@ -434,6 +440,7 @@ impl ConnError {
             ConnError::Protocol(e) => e.kind(),
             ConnError::ClosedMidWindow { .. } => "closed_mid_window",
             ConnError::IdleMidWindow(_) => "idle_mid_window",
+            ConnError::Budget(_) => "memory_budget",
             ConnError::SlowFrame { .. } => "slow_frame",
             ConnError::Tls(_) => "tls_handshake",
             ConnError::AckWrite(_) => "ack_write",
@@ -571,22 +578,32 @@ where
     let peer_meta =
         SharedValue::new(serde_json::json!({"beats": {"host": {"ip": peer.ip().to_string()}}}));
     let mut window: Option<Window> = None;
-    while let Some(frame) = next_frame(&mut frames, &window, shared).await? {
+    let mut held = Held {
+        charge: shared.budget.empty(Use::BeatsWindow),
+        events: 0,
+    };
+    while let Some(frame) = next_frame(&mut frames, &window, &mut held, shared).await? {
         match frame {
             // The codec hands out a window only once the previous one is complete, and
             // events only inside a window, never beyond its end.
             Frame::Window(n) => window = open_window(n, &mut write, shared).await?,
             Frame::Events(raw) => {
                 let w = window.as_mut().ok_or(ProtocolError::EventOutsideWindow)?;
-                add_events(w, raw, &peer_meta, shared)?;
-                if w.events.len() == w.expected as usize {
-                    let w = window.take().expect("window is open");
-                    if !deliver(w, &mut write, shared).await? {
-                        // Shutting down: the window stays unacknowledged and the client
-                        // sends it again after reconnecting.
-                        return Ok(());
-                    }
-                }
+                held.events += add_events(w, raw, &peer_meta, shared)?;
+            }
+        }
+        // Shutting down (false): the window stays unacknowledged and the client sends it
+        // again after reconnecting.
+        if !account(&frames, &mut held, &mut write, shared).await? {
+            return Ok(());
+        }
+        if window
+            .as_ref()
+            .is_some_and(|w| w.events.len() == w.expected as usize)
+        {
+            let w = window.take().expect("window is open");
+            if !deliver(w, held.take_events(), &mut write, shared).await? {
+                return Ok(());
             }
         }
     }
@@ -603,6 +620,7 @@ const READ_BUFFER: usize = 64 * 1024;
 async fn next_frame<R: AsyncRead + Unpin>(
     frames: &mut Frames<R>,
     window: &Option<Window>,
+    held: &mut Held,
     shared: &Shared,
 ) -> Result<Option<Frame>, ConnError> {
     let idle = tokio::time::sleep(shared.idle);
@@ -618,6 +636,9 @@ async fn next_frame<R: AsyncRead + Unpin>(
             _ = &mut idle => return idle_end(window, shared),
             _ = ticks.tick() => {
                 watch_frame(frames, &mut trickle, shared)?;
+                // What a quiet connection let go of goes back to the budget.
+                let want = held.wanted(frames);
+                held.charge.shrink_to(want);
                 continue;
             }
         };
@@ -690,13 +711,14 @@ async fn open_window<W: AsyncWrite + Unpin>(
     }))
 }
 
-/// Turns received events into pipeline events in the open window, which they must not overfill.
+/// Turns received events into pipeline events in the open window, which they must not
+/// overfill; returns their estimated size for the memory budget.
 fn add_events(
     w: &mut Window,
     raw: Vec<RawEvent>,
     peer_meta: &Arc<SharedValue>,
     shared: &Shared,
-) -> Result<(), ConnError> {
+) -> Result<usize, ConnError> {
     if w.events.len() + raw.len() > w.expected as usize {
         return Err(ProtocolError::WindowOverflow(w.expected).into());
     }
@@ -708,7 +730,9 @@ fn add_events(
     shared.metrics.events_received.add(raw.len() as u64);
     let receipt = Receipt::new(now_ms());
     let mut failures = 0u64;
+    let mut bytes = 0;
     for r in raw {
+        bytes += budget::event_bytes(r.body.len());
         w.seqs.push(r.seq);
         w.events.push(to_event(
             r,
@@ -721,33 +745,41 @@ fn add_events(
     if failures > 0 {
         shared.metrics.parse_failures.add(failures);
     }
-    Ok(())
+    Ok(bytes)
 }
 
-/// Queues a complete window and acknowledges it. A window larger than the whole queue goes
-/// in parts, each acknowledged (cumulatively) once queued. Returns false when shutdown
-/// interrupted the wait; nothing further is acknowledged then.
+/// Queues a complete window and acknowledges it; `charge` (the events' bytes) travels with
+/// them into the queue. A window larger than the whole queue goes in parts, each with its
+/// share of the charge and acknowledged (cumulatively) once queued. Returns false when
+/// shutdown interrupted the wait; nothing further is acknowledged then.
 async fn deliver<W: AsyncWrite + Unpin>(
     mut w: Window,
+    mut charge: Charge,
     write: &mut W,
     shared: &Shared,
 ) -> Result<bool, ConnError> {
     let part = shared.queue.capacity().max(1);
     while !w.events.is_empty() {
         let take = w.events.len().min(part);
-        let (events, seq) = if take == w.events.len() {
-            (
-                std::mem::take(&mut w.events),
-                *w.seqs.last().expect("one seq per event"),
-            )
+        let (events, seq, mut share) = if take == w.events.len() {
+            let seq = *w.seqs.last().expect("one seq per event");
+            let all = charge.split_off(charge.bytes());
+            (std::mem::take(&mut w.events), seq, all)
         } else {
             let rest = w.events.split_off(take);
-            (std::mem::replace(&mut w.events, rest), w.seqs[take - 1])
+            let share = charge.split_off(charge.bytes() / (take + rest.len()) * take);
+            (
+                std::mem::replace(&mut w.events, rest),
+                w.seqs[take - 1],
+                share,
+            )
         };
         w.seqs.drain(..take);
         let n = events.len() as u64;
-        if !queue_with_keepalive(events, write, shared).await? {
-            return Ok(false);
+        let send = shared.queue.send(&shared.source, events, &mut share);
+        match with_keepalive(send, "queue full", write, shared).await? {
+            Some(Ok(())) => {}
+            Some(Err(_)) | None => return Ok(false),
         }
         shared.metrics.events_queued.add(n);
         write_ack(write, seq, shared).await?;
@@ -756,29 +788,84 @@ async fn deliver<W: AsyncWrite + Unpin>(
     Ok(true)
 }
 
-/// Waits for queue room, sending ACK 0 every `keepalive` meanwhile. False on shutdown.
-async fn queue_with_keepalive<W: AsyncWrite + Unpin>(
-    events: Vec<Event>,
+/// Awaits `wait`, sending ACK 0 every `keepalive` meanwhile so the client (Filebeat: 30 s)
+/// does not time out and resend. `None` on shutdown.
+async fn with_keepalive<T, W: AsyncWrite + Unpin>(
+    wait: impl std::future::Future<Output = T>,
+    why: &'static str,
     write: &mut W,
     shared: &Shared,
-) -> Result<bool, ConnError> {
-    let mut charge = crate::budget::Charge::none();
-    let send = shared.queue.send(&shared.source, events, &mut charge);
-    tokio::pin!(send);
+) -> Result<Option<T>, ConnError> {
+    tokio::pin!(wait);
     let start = tokio::time::Instant::now() + shared.keepalive;
     let mut ticks = tokio::time::interval_at(start, shared.keepalive);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            r = &mut send => return Ok(r.is_ok()),
-            _ = shared.shutdown.cancelled() => return Ok(false),
+            r = &mut wait => return Ok(Some(r)),
+            _ = shared.shutdown.cancelled() => return Ok(None),
             _ = ticks.tick() => {
                 write_ack(write, 0, shared).await?;
                 shared.metrics.keepalives.inc();
-                tracing::debug!("queue full: sent keepalive ACK 0");
+                tracing::debug!(why, "sent keepalive ACK 0");
             }
         }
+    }
+}
+
+/// What one connection holds against the memory budget.
+struct Held {
+    charge: Charge,
+    /// Estimated bytes of the open window's decoded events.
+    events: usize,
+}
+
+impl Held {
+    /// The bytes to charge now: the read buffer beyond its first size (or what it holds),
+    /// the codec's window buffer and streamed frames, and the window's decoded events.
+    fn wanted<R>(&self, frames: &Frames<R>) -> usize {
+        let buf = frames.read_buffer();
+        let read = buf.len().max(buf.capacity().saturating_sub(READ_BUFFER));
+        read + frames.decoder().held() + self.events
+    }
+
+    /// The events' bytes, to travel with them into the queue.
+    fn take_events(&mut self) -> Charge {
+        let bytes = std::mem::take(&mut self.events);
+        self.charge.split_off(bytes)
+    }
+}
+
+/// Brings the connection's charge up (or down) to what it holds. When the budget has no room
+/// the connection reads nothing more and waits, with keepalives, at most
+/// `client_inactivity_timeout`; then it is closed so that what it holds goes back. False on
+/// shutdown.
+async fn account<R, W: AsyncWrite + Unpin>(
+    frames: &Frames<R>,
+    held: &mut Held,
+    write: &mut W,
+    shared: &Shared,
+) -> Result<bool, ConnError> {
+    let want = held.wanted(frames);
+    let have = held.charge.bytes();
+    if want <= have {
+        held.charge.shrink_to(want);
+        return Ok(true);
+    }
+    if held.charge.try_grow(want - have) {
+        return Ok(true);
+    }
+    let grow = tokio::time::timeout(shared.idle, held.charge.grow(want - have));
+    match with_keepalive(grow, "memory budget spent", write, shared).await? {
+        None => Ok(false),
+        Some(Ok(Ok(()))) => Ok(true),
+        Some(Ok(Err(too_large))) => Err(ConnError::Budget(too_large.to_string())),
+        Some(Err(_)) => Err(ConnError::Budget(format!(
+            "no room for {} more bytes within {:?}",
+            want - have,
+            shared.idle
+        ))),
     }
 }
 

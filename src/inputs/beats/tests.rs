@@ -437,6 +437,48 @@ async fn a_frame_trickling_in_below_the_floor_rate_is_closed() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn a_window_waits_for_room_in_the_memory_budget_and_its_charge_travels_with_it() {
+    use crate::budget::{event_bytes, Use};
+    let h = start(config("keepalive_interval = \"100ms\""), 100).await;
+    let budget = h.ctx.budget.clone();
+    let per_event = event_bytes(2);
+    budget.set_limit((per_event * 3) as u64);
+    // Someone else holds two events' worth: one is left, the window needs two.
+    let hog = budget.try_charge(per_event * 2, Use::HttpBody).unwrap();
+    let mut c = TcpStream::connect(h.addr).await.unwrap();
+    c.write_all(&[window(2), json(1, "{}"), json(2, "{}")].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_ack(&mut c).await, 0, "a keepalive while it waits");
+    assert_eq!(
+        h.metric("sheepdog_input_events_total", &[("input", "beats")]),
+        0.0,
+        "nothing queued without room"
+    );
+    drop(hog);
+    let mut ack = read_ack(&mut c).await;
+    while ack == 0 {
+        ack = read_ack(&mut c).await;
+    }
+    assert_eq!(ack, 2);
+    // The events' bytes stay charged while they are in the queue.
+    let batch = h.rx.recv().await.unwrap();
+    assert_eq!(batch.events.len(), 2);
+    assert_eq!(budget.used(), per_event * 2);
+    drop(batch);
+    assert_eq!(budget.used(), 0);
+    // A window that could never fit the whole budget closes its connection.
+    budget.set_limit(per_event as u64);
+    c.write_all(&[window(2), json(1, "{}"), json(2, "{}")].concat())
+        .await
+        .unwrap();
+    expect_closed(&mut c).await;
+    eventually(50, || h.errors("memory_budget") >= 1.0).await;
+    assert_eq!(h.errors("memory_budget"), 1.0);
+    h.stop().await;
+}
+
 #[test]
 fn config_defaults_and_validation() {
     let c = config("");
