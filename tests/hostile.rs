@@ -8,3 +8,6 @@ mod common;
 
 #[path = "hostile/harness.rs"]
 mod harness;
+
+#[path = "hostile/beats.rs"]
+mod beats;
