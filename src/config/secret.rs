@@ -127,7 +127,10 @@ mod tests {
         assert_eq!(h.password.expose(), "hunter2");
         assert_eq!(h.token.as_ref().map(Secret::expose), Some("t0k3n"));
         let debug = format!("{h:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains("t0k3n"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("t0k3n"),
+            "{debug}"
+        );
         assert_eq!(
             debug,
             "Holder { password: [redacted], token: Some([redacted]) }"
@@ -148,8 +151,14 @@ mod tests {
             ("password = true", "a boolean"),
             ("password = [\"x7351\"]", "a list"),
         ] {
-            let err = toml::from_str::<Holder>(text).unwrap_err().message().to_string();
-            assert!(err.contains(&format!("a secret must be a string, not {kind}")), "{err}");
+            let err = toml::from_str::<Holder>(text)
+                .unwrap_err()
+                .message()
+                .to_string();
+            assert!(
+                err.contains(&format!("a secret must be a string, not {kind}")),
+                "{err}"
+            );
             assert!(!err.contains("7351"), "{err}");
         }
     }

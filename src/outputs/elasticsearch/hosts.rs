@@ -17,7 +17,9 @@ pub struct HostList(#[serde(deserialize_with = "de::string_list")] pub Vec<Strin
 
 impl fmt::Debug for HostList {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.0.iter().map(|h| redact(h))).finish()
+        f.debug_list()
+            .entries(self.0.iter().map(|h| redact(h)))
+            .finish()
     }
 }
 
@@ -41,9 +43,11 @@ pub struct Hosts {
 /// Checks `hosts` (a scheme is added when missing) and takes credentials out of them.
 pub fn parse(hosts: &HostList, problems: &mut Vec<Problem>) -> Hosts {
     if hosts.0.is_empty() {
-        problems.push(Problem::at("hosts", "no Elasticsearch host given").hint(
-            "set hosts = \"http://localhost:9200\" (or ES_HOSTS for the shipped pipeline)",
-        ));
+        problems.push(
+            Problem::at("hosts", "no Elasticsearch host given").hint(
+                "set hosts = \"http://localhost:9200\" (or ES_HOSTS for the shipped pipeline)",
+            ),
+        );
     }
     let mut out = Hosts::default();
     for host in &hosts.0 {
@@ -138,9 +142,9 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| {
-            u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok()
-        });
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
         match (bytes[i], hex) {
             (b'%', Some(byte)) => {
                 out.push(byte);
@@ -226,12 +230,18 @@ mod tests {
     fn a_printed_host_list_is_redacted() {
         let list: HostList =
             serde_json::from_value(serde_json::json!("http://u:s3cr3t@es1:9200, es2")).unwrap();
-        assert_eq!(format!("{list:?}"), r#"["http://[redacted]@es1:9200", "es2"]"#);
+        assert_eq!(
+            format!("{list:?}"),
+            r#"["http://[redacted]@es1:9200", "es2"]"#
+        );
     }
 
     #[test]
     fn redact_and_strip_work_on_the_authority_only() {
-        assert_eq!(redact("http://u:p@es:9200/x@y"), "http://[redacted]@es:9200/x@y");
+        assert_eq!(
+            redact("http://u:p@es:9200/x@y"),
+            "http://[redacted]@es:9200/x@y"
+        );
         assert_eq!(redact("u:p@es"), "[redacted]@es");
         assert_eq!(redact("http://es:9200/a@b"), "http://es:9200/a@b");
         assert_eq!(redact("http://a@b:p@es"), "http://[redacted]@es");

@@ -319,8 +319,11 @@ impl Config {
         let password = match found.password {
             Some(p) if !self.password.is_empty() && self.password != p => {
                 problems.push(
-                    Problem::at("password", "`password` differs from the password in a host URL")
-                        .hint("give the login once: in user and password, or in the host URL"),
+                    Problem::at(
+                        "password",
+                        "`password` differs from the password in a host URL",
+                    )
+                    .hint("give the login once: in user and password, or in the host URL"),
                 );
                 p
             }
@@ -780,13 +783,17 @@ mod tests {
         // base64("elastic:changeme")
         let basic = Some("Basic ZWxhc3RpYzpjaGFuZ2VtZQ==".to_string());
         let (hosts, a) = auth("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"");
-        assert_eq!((hosts, a), (vec!["http://es:9200".to_string()], basic.clone()));
+        assert_eq!(
+            (hosts, a),
+            (vec!["http://es:9200".to_string()], basic.clone())
+        );
         // The same login given twice, or split between URL and keys, is one login.
         for extra in [
             "user = \"elastic\"\npassword = \"changeme\"",
             "password = \"changeme\"",
         ] {
-            let toml = format!("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"\n{extra}");
+            let toml =
+                format!("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"\n{extra}");
             assert_eq!(auth(&toml).1, basic, "{extra}");
         }
         let toml = "hosts = \"http://elastic@es:9200\"\nindex = \"x\"\npassword = \"changeme\"";
@@ -796,9 +803,8 @@ mod tests {
     #[test]
     fn credentials_in_host_urls_that_conflict_are_problems() {
         let problems = |extra: &str| -> Vec<String> {
-            let toml = format!(
-                "hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"\n{extra}"
-            );
+            let toml =
+                format!("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"\n{extra}");
             let text: Vec<String> = parse(&toml)
                 .unwrap()
                 .validate(&ctx())
@@ -812,13 +818,27 @@ mod tests {
         };
         let text = problems("api_key = \"k3y\"");
         assert_eq!(text.len(), 1, "{text:?}");
-        assert!(text[0].starts_with("error: api_key: `api_key` is set and a host URL carries a user and password"), "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "error: api_key: `api_key` is set and a host URL carries a user and password"
+            ),
+            "{text:?}"
+        );
         let text = problems("user = \"admin\"");
         assert_eq!(text.len(), 1, "{text:?}");
-        assert!(text[0].starts_with("error: user: `user` is `admin` but a host URL names the user `elastic`"), "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "error: user: `user` is `admin` but a host URL names the user `elastic`"
+            ),
+            "{text:?}"
+        );
         let text = problems("password = \"0ther\"");
         assert_eq!(text.len(), 1, "{text:?}");
-        assert!(text[0].starts_with("error: password: `password` differs from the password in a host URL"), "{text:?}");
+        assert!(
+            text[0]
+                .starts_with("error: password: `password` differs from the password in a host URL"),
+            "{text:?}"
+        );
     }
 
     #[test]

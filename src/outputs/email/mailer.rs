@@ -252,7 +252,10 @@ fn build_transport(s: &SmtpSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1
         });
     }
     if let Some((user, password)) = &s.credentials {
-        builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
+        builder = builder.credentials(Credentials::new(
+            user.clone(),
+            password.expose().to_string(),
+        ));
     }
     Ok(builder.build())
 }
