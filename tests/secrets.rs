@@ -96,10 +96,8 @@ impl Drop for Smtp {
 
 /// Two HTTP inputs (bearer token, basic auth), three Elasticsearch outputs (login in the host
 /// URL, `password`, `api_key`) and an email output with an SMTP password. Secrets come from
-/// the environment and from literal values alike.
+/// the environment and from literal values alike; `ES_HOSTS` carries the URL with the login.
 fn pipeline(es_url: &str, smtp_port: u16) -> PathBuf {
-    let url_with_login =
-        es_url.replacen("http://", &format!("http://elastic:{ES_URL_PASSWORD}@"), 1);
     temp_file(
         "secrets.toml",
         &format!(
@@ -166,25 +164,9 @@ fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     wait_for(timeout, what, || f().then_some(()));
 }
 
-#[test]
-fn no_secret_shows_in_logs_health_metrics_status_or_check() {
-    let es = Osmem::start();
-    let smtp = Smtp::start();
-    let config = pipeline(&es.url, smtp.port);
-    let es_hosts = es
-        .url
-        .replacen("http://", &format!("http://elastic:{ES_URL_PASSWORD}@"), 1);
-    let http2_addr = format!("127.0.0.1:{}", free_port());
-    let env = [
-        ("SHEEPDOG_LOG", "debug"),
-        ("HTTP2_ADDR", http2_addr.as_str()),
-        ("INPUT_TOKEN", TOKEN),
-        ("ES_HOSTS", es_hosts.as_str()),
-        ("ES_API_KEY", ES_API_KEY),
-        ("SMTP_PASSWORD", SMTP_PASSWORD),
-    ];
-    let mut dog = Sheepdog::start(&config, &env);
-
+/// Three events with the bearer token, one error event with basic auth (mailed), and one
+/// refused for a wrong token.
+fn send_events(dog: &Sheepdog, http2_addr: &str) {
     let event = |i: usize, status: &str| {
         format!(
             "{}\n",
@@ -220,7 +202,28 @@ fn no_secret_shows_in_logs_health_metrics_status_or_check() {
     );
     assert_eq!(code, 401, "{text}");
     assert_no_secret("a 401 reply", &text);
+}
 
+#[test]
+fn no_secret_shows_in_logs_health_metrics_status_or_check() {
+    let es = Osmem::start();
+    let smtp = Smtp::start();
+    let config = pipeline(&es.url, smtp.port);
+    let es_hosts = es
+        .url
+        .replacen("http://", &format!("http://elastic:{ES_URL_PASSWORD}@"), 1);
+    let http2_addr = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("SHEEPDOG_LOG", "debug"),
+        ("HTTP2_ADDR", http2_addr.as_str()),
+        ("INPUT_TOKEN", TOKEN),
+        ("ES_HOSTS", es_hosts.as_str()),
+        ("ES_API_KEY", ES_API_KEY),
+        ("SMTP_PASSWORD", SMTP_PASSWORD),
+    ];
+    let mut dog = Sheepdog::start(&config, &env);
+
+    send_events(&dog, &http2_addr);
     for index in ["secrets-url", "secrets-password", "secrets-apikey"] {
         assert_eq!(
             es.wait_count(index, 4, Duration::from_secs(30)),
