@@ -171,6 +171,9 @@ async fn forward_hangups(requests: tokio::sync::mpsc::Sender<()>) {
 
 fn main() -> ExitCode {
     tune_allocator();
+    // A panic a filter stage catches is logged once by the stage; any other is printed as
+    // the default hook prints it.
+    sheepdog::filters::panics::install_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load(&config, sheepdog::Verify::Now) {

@@ -5,6 +5,7 @@
 use crate::condition::Condition;
 use crate::config::problem::{PathSeg, Problem};
 use crate::config::PipelineConfig;
+use crate::filters::panics::DeadLetters;
 use crate::filters::{BuildState, FilterStage};
 use crate::outputs::{Output, OutputConfig};
 use crate::queue::{self, QueueReceiver};
@@ -166,43 +167,57 @@ fn worker_count(configured: usize) -> usize {
     }
 }
 
-async fn worker(
+/// What every filter worker shares.
+#[derive(Clone)]
+struct Worker {
     queue: Arc<QueueReceiver>,
     chain: tokio::sync::watch::Receiver<crate::reload::Chain>,
     outputs: Arc<Vec<OutputSlot>>,
+    /// Where events a stage panicked on go.
+    dead_letters: Arc<DeadLetters>,
     events_out: crate::metrics::Counter,
-) {
-    // A stage still loading (the GeoIP database is verified after the inputs bind) holds the
-    // first batch back; the bounded queue fills meanwhile, then inputs push back (HTTP 429).
-    // A reloaded chain was built complete.
-    let first = chain.borrow().clone();
-    for stage in first.iter() {
-        if let Some(ready) = stage.ready() {
-            ready.await;
-        }
-    }
-    drop(first);
-    while let Some(mut batch) = queue.recv().await {
-        // The chain for this batch: a reload between batches takes effect at the next one.
-        let stages = chain.borrow().clone();
-        for stage in stages.iter() {
-            stage.apply_batch(&mut batch.events);
-        }
-        for slot in outputs.iter() {
-            let refs: Vec<&crate::event::Event> = match &slot.when {
-                None => batch.events.iter().collect(),
-                Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
-            };
-            if !refs.is_empty() {
-                slot.output.submit(&refs).await;
+}
+
+impl Worker {
+    /// Takes batches until the queue closes: every stage over the batch, then each output
+    /// whose `when` matches.
+    async fn run(self) {
+        // A stage still loading (the GeoIP database is verified after the inputs bind) holds
+        // the first batch back; the bounded queue fills meanwhile, then inputs push back (429).
+        // A reloaded chain was built complete.
+        let first = self.chain.borrow().clone();
+        for stage in first.iter() {
+            if let Some(ready) = stage.ready() {
+                ready.await;
             }
         }
-        events_out.add(batch.events.len() as u64);
-        // Dropping the batch returns its share of the queue's capacity.
+        drop(first);
+        let mut panicked = Vec::new();
+        while let Some(mut batch) = self.queue.recv().await {
+            // The chain for this batch: a reload between batches takes effect at the next one.
+            let stages = self.chain.borrow().clone();
+            for stage in stages.iter() {
+                stage.apply_batch(&mut batch.events, &mut panicked);
+            }
+            if !panicked.is_empty() {
+                self.dead_letters.write(&panicked);
+                panicked.clear();
+            }
+            for slot in self.outputs.iter() {
+                let refs: Vec<&crate::event::Event> = match &slot.when {
+                    None => batch.events.iter().collect(),
+                    Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
+                };
+                if !refs.is_empty() {
+                    slot.output.submit(&refs).await;
+                }
+            }
+            self.events_out.add(batch.events.len() as u64);
+            // Dropping the batch returns its share of the queue's capacity.
+        }
     }
 }
 
-/// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
 /// Where a running pipeline re-reads its file from, and when.
 pub struct ReloadSource {
     pub path: std::path::PathBuf,
@@ -212,6 +227,7 @@ pub struct ReloadSource {
     pub requests: tokio::sync::mpsc::Receiver<()>,
 }
 
+/// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
 pub async fn run(
     config: PipelineConfig,
     ctx: BuildContext,
@@ -229,17 +245,17 @@ pub async fn run(
         "Events that passed the filter chain and were handed to outputs",
         &[],
     );
+    let worker = Worker {
+        queue: queue_rx,
+        chain,
+        outputs: outputs.clone(),
+        dead_letters: Arc::new(DeadLetters::in_dir(&ctx.data_dir)),
+        events_out,
+    };
     let workers: Vec<JoinHandle<()>> = (0..worker_count(config.pipeline.workers))
-        .map(|_| {
-            tokio::spawn(worker(
-                queue_rx.clone(),
-                chain.clone(),
-                outputs.clone(),
-                events_out.clone(),
-            ))
-        })
+        .map(|_| tokio::spawn(worker.clone().run()))
         .collect();
-    drop(queue_rx);
+    drop(worker);
 
     let mut input_tasks = Vec::new();
     for stage in &config.inputs {
@@ -480,5 +496,107 @@ impl Running {
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         tracing::info!(spare = ?remaining.min(Duration::from_secs(3600)), "sheepdog stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, FieldPath};
+    use crate::filters::Filter;
+    use crate::outputs::BoxFuture;
+    use serde_json::{json, Value};
+    use std::sync::Mutex;
+    use tokio_util::sync::CancellationToken;
+
+    /// Panics on the event whose `n` is 2 (test-only: no configuration reaches it).
+    struct PanicOnTwo;
+
+    impl Filter for PanicOnTwo {
+        fn apply(&self, event: &mut Event) -> bool {
+            if event.fields()["n"] == json!(2) {
+                panic!("cannot handle n = 2");
+            }
+            event.insert(&FieldPath::top("checked"), json!(true));
+            true
+        }
+    }
+
+    /// Keeps what it is handed.
+    #[derive(Default)]
+    struct Capture(Mutex<Vec<Value>>);
+
+    impl crate::outputs::Output for Arc<Capture> {
+        fn submit<'a>(&'a self, events: &'a [&'a Event]) -> BoxFuture<'a, ()> {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(events.iter().map(|e| Value::Object(e.fields().to_map())));
+            Box::pin(async {})
+        }
+    }
+
+    fn batch(ns: std::ops::Range<i64>) -> Vec<Event> {
+        ns.map(|n| Event::from_map(json!({"n": n}).as_object().unwrap().clone(), 0))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_filter_panic_dead_letters_its_event_and_the_worker_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = BuildContext::new(dir.path().to_path_buf(), CancellationToken::new());
+        let stage = FilterStage::new("picky".into(), None, Box::new(PanicOnTwo), &ctx);
+        let capture = Arc::new(Capture::default());
+        let (tx, rx) = queue::bounded(
+            100,
+            100,
+            ctx.metrics.gauge("sheepdog_test_queue_events", "q", &[]),
+        );
+        let (_chain_tx, chain) = tokio::sync::watch::channel(Arc::new(vec![stage]));
+        let worker = Worker {
+            queue: rx,
+            chain,
+            outputs: Arc::new(vec![OutputSlot {
+                when: None,
+                output: Box::new(capture.clone()),
+            }]),
+            dead_letters: Arc::new(DeadLetters::in_dir(dir.path())),
+            events_out: ctx.metrics.counter("sheepdog_test_out_total", "out", &[]),
+        };
+        let task = tokio::spawn(worker.run());
+        let source: Arc<str> = Arc::from("test");
+        let mut charge = crate::budget::Charge::none();
+        tx.send(&source, batch(0..5), &mut charge).await.unwrap();
+        tx.send(&source, batch(10..13), &mut charge).await.unwrap();
+        drop(tx);
+        task.await
+            .expect("the worker ends when the queue closes, not by a panic");
+
+        let seen: Vec<Value> = capture.0.lock().unwrap().clone();
+        let ns: Vec<i64> = seen.iter().map(|e| e["n"].as_i64().unwrap()).collect();
+        assert_eq!(
+            ns,
+            [0, 1, 3, 4, 10, 11, 12],
+            "every other event, both batches"
+        );
+        assert!(seen.iter().all(|e| e["checked"] == json!(true)));
+
+        let text = std::fs::read_to_string(dir.path().join("filter_dead_letter.ndjson")).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["stage"], "picky");
+        assert_eq!(lines[0]["error"]["type"], "panic");
+        let reason = lines[0]["error"]["reason"].as_str().unwrap();
+        assert!(reason.starts_with("cannot handle n = 2"), "{reason}");
+        assert_eq!(
+            lines[0]["document"],
+            json!({"@timestamp": "1970-01-01T00:00:00.000Z", "n": 2})
+        );
+        assert_eq!(
+            ctx.metrics
+                .value("sheepdog_filter_panics_total", &[("stage", "picky")]),
+            Some(1.0)
+        );
     }
 }

@@ -8,6 +8,7 @@ use super::check_address;
 use crate::budget::Charge;
 use crate::config::de;
 use crate::config::problem::Problem;
+use crate::config::secret::Secret;
 use crate::event::{now_ms, Event, Fields, Receipt};
 use crate::metrics::Counter;
 use crate::queue::{QueueError, QueueSender};
@@ -37,11 +38,12 @@ pub struct Config {
     /// Basic-auth user; requires `password`.
     #[serde(default)]
     pub user: Option<String>,
+    /// Basic-auth password (never printed).
     #[serde(default)]
-    pub password: Option<String>,
-    /// Bearer token expected in `Authorization: Bearer <token>`.
+    pub password: Option<Secret>,
+    /// Bearer token expected in `Authorization: Bearer <token>` (never printed).
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// How long a request waits for room in a full pipeline queue before it is answered 429
     /// (the client's connection is the backpressure meanwhile, as Logstash's input threads
     /// block); `0s` answers 429 at once. Default `5s`.
@@ -94,8 +96,11 @@ impl Config {
         tracing::info!(input = id, address = %local, "http input listening");
         let labels = [("input", id)];
         let expected_auth = match (&self.user, &self.password, &self.token) {
-            (Some(u), Some(p), _) => Some(format!("Basic {}", base64_encode(&format!("{u}:{p}")))),
-            (_, _, Some(t)) => Some(format!("Bearer {t}")),
+            (Some(u), Some(p), _) => Some(format!(
+                "Basic {}",
+                base64_encode(&format!("{u}:{}", p.expose()))
+            )),
+            (_, _, Some(t)) => Some(format!("Bearer {}", t.expose())),
             _ => None,
         };
         let state = Arc::new(HttpState {

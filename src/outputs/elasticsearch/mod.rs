@@ -4,6 +4,7 @@
 
 mod dead_letter;
 pub mod encoder;
+mod hosts;
 pub mod replay;
 mod retention;
 mod retry;
@@ -14,6 +15,7 @@ mod template;
 use super::{BoxFuture, Output, Started};
 use crate::config::de;
 use crate::config::problem::Problem;
+use crate::config::secret::Secret;
 use crate::event::Event;
 use crate::template::Template;
 use crate::BuildContext;
@@ -30,18 +32,18 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Cluster URLs, an array or a comma-separated string (`"${ES_HOSTS}"`); requests go
-    /// round-robin and fail over. A URL without a scheme gets `http://`.
-    #[serde(deserialize_with = "de::string_list")]
-    pub hosts: Vec<String>,
+    /// round-robin and fail over. A URL without a scheme gets `http://`. A `user:password@`
+    /// in a URL is taken out of it into `user` and `password` (it must agree with them).
+    pub hosts: hosts::HostList,
     /// Basic-auth user; used only when `password` is not empty.
     #[serde(default)]
     pub user: String,
-    /// Basic-auth password; empty means no basic auth.
+    /// Basic-auth password; empty means no basic auth. Never printed.
     #[serde(default)]
-    pub password: String,
-    /// An API key (the base64 `id:key` form) sent as `Authorization: ApiKey ...`.
+    pub password: Secret,
+    /// An API key (the base64 `id:key` form) sent as `Authorization: ApiKey ...`. Never printed.
     #[serde(default)]
-    pub api_key: String,
+    pub api_key: Secret,
     /// Index name template, e.g. `holysheep-logs-%{+YYYY.MM.dd}` (UTC day of `@timestamp`).
     pub index: String,
     /// Install the index template at start-up. Default true.
@@ -201,54 +203,12 @@ impl Config {
         problems
     }
 
-    fn hosts(&self, problems: &mut Vec<Problem>) -> Vec<String> {
-        if self.hosts.is_empty() {
-            problems.push(Problem::at("hosts", "no Elasticsearch host given").hint(
-                "set hosts = \"http://localhost:9200\" (or ES_HOSTS for the shipped pipeline)",
-            ));
-        }
-        let mut out = Vec::new();
-        for host in &self.hosts {
-            let with_scheme = if host.contains("://") {
-                host.clone()
-            } else {
-                format!("http://{host}")
-            };
-            match reqwest::Url::parse(&with_scheme) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                    if url.query().is_some() {
-                        problems.push(
-                            Problem::at("hosts", format!("host `{host}` has a query string"))
-                                .hint("give the base URL only, e.g. https://es1:9200"),
-                        );
-                    }
-                    out.push(with_scheme.trim_end_matches('/').to_string());
-                }
-                Ok(url) => problems.push(
-                    Problem::at(
-                        "hosts",
-                        format!(
-                            "host `{host}` is not an http(s) URL (scheme `{}`)",
-                            url.scheme()
-                        ),
-                    )
-                    .hint("write e.g. http://localhost:9200 or https://es1:9200"),
-                ),
-                Err(e) => problems.push(
-                    Problem::at("hosts", format!("host `{host}` is not a URL: {e}"))
-                        .hint("write e.g. http://localhost:9200 or https://es1:9200"),
-                ),
-            }
-        }
-        out
-    }
-
     /// Validates the whole configuration into settings, or every problem found.
     fn settings(&self, ctx: &BuildContext) -> Result<Settings, Vec<Problem>> {
         let mut problems = Vec::new();
-        let hosts = self.hosts(&mut problems);
+        let hosts = hosts::parse(&self.hosts, &mut problems);
         let index = self.index_template(&mut problems);
-        let authorization = self.authorization(&mut problems);
+        let authorization = self.authorization(hosts.credentials, &mut problems);
         let gzip = self.gzip(&mut problems);
         let tls_ca_pem = self.tls_ca_pem(&mut problems);
         let tls_identity_pem = self.tls_identity_pem(&mut problems);
@@ -259,7 +219,7 @@ impl Config {
         match (problems.is_empty(), index) {
             (true, Some(index)) => Ok(Settings {
                 service: service::ServiceConfig {
-                    hosts,
+                    hosts: hosts.urls,
                     authorization,
                     request_timeout: self.request_timeout,
                     gzip,
@@ -314,33 +274,85 @@ impl Config {
         index
     }
 
-    /// The `Authorization` header value: an API key, basic auth, or none.
-    fn authorization(&self, problems: &mut Vec<Problem>) -> Option<String> {
-        let authorization = if !self.api_key.is_empty() {
-            if !self.password.is_empty() {
+    /// The `Authorization` header value: an API key, basic auth (from `user` and `password`,
+    /// or from the host URLs), or none.
+    fn authorization(
+        &self,
+        from_urls: Option<hosts::UrlCredentials>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Secret> {
+        let (user, password) = match from_urls {
+            None => (self.user.clone(), self.password.clone()),
+            Some(found) => self.merge_url_credentials(found, problems)?,
+        };
+        if !self.api_key.is_empty() {
+            if !password.is_empty() {
                 problems.push(
                     Problem::at("api_key", "both `api_key` and `password` are set")
                         .hint("use either an API key or basic auth (user/password)"),
                 );
             }
-            Some(format!("ApiKey {}", self.api_key))
-        } else if !self.password.is_empty() {
-            if self.user.is_empty() {
+            Some(Secret::new(format!("ApiKey {}", self.api_key.expose())))
+        } else if !password.is_empty() {
+            if user.is_empty() {
                 problems.push(
                     Problem::at("user", "`password` is set but `user` is empty")
                         .hint("set user = \"elastic\" (or the user the password belongs to)"),
                 );
             }
             use base64::Engine;
-            Some(format!(
+            Some(Secret::new(format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", self.user, self.password))
-            ))
+                    .encode(format!("{user}:{}", password.expose()))
+            )))
         } else {
             None
+        }
+    }
+
+    /// The user and password from the host URLs, checked against `user`, `password` and
+    /// `api_key`: giving the same value twice is fine, two different ones are a problem
+    /// (`None`).
+    fn merge_url_credentials(
+        &self,
+        found: hosts::UrlCredentials,
+        problems: &mut Vec<Problem>,
+    ) -> Option<(String, Secret)> {
+        let before = problems.len();
+        if !self.api_key.is_empty() {
+            problems.push(
+                Problem::at("api_key", "`api_key` is set and a host URL carries a user and password")
+                    .hint("use either an API key or basic auth: remove user:password@ from hosts, or api_key"),
+            );
+        }
+        if !self.user.is_empty() && self.user != found.user {
+            problems.push(
+                Problem::at(
+                    "user",
+                    format!(
+                        "`user` is `{}` but a host URL names the user `{}`",
+                        self.user, found.user
+                    ),
+                )
+                .hint("give the login once: in user and password, or in the host URL"),
+            );
+        }
+        let password = match found.password {
+            Some(p) if !self.password.is_empty() && self.password != p => {
+                problems.push(
+                    Problem::at(
+                        "password",
+                        "`password` differs from the password in a host URL",
+                    )
+                    .hint("give the login once: in user and password, or in the host URL"),
+                );
+                p
+            }
+            Some(p) => p,
+            None => self.password.clone(),
         };
-        authorization
+        (problems.len() == before).then_some((found.user, password))
     }
 
     /// Whether bulk bodies are gzipped.
@@ -834,7 +846,7 @@ mod tests {
         let c = parse("hosts = [\"https://es:9200\"]\nindex = \"app-%{+YYYY.MM.dd}\"\nuser = \"elastic\"\npassword = \"pw\"\nmax_retries = \"3\"").unwrap();
         let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
         assert_eq!(
-            s.service.authorization.as_deref(),
+            s.service.authorization.as_ref().map(Secret::expose),
             Some("Basic ZWxhc3RpYzpwdw==")
         );
         assert_eq!(s.max_retries, Some(3));
@@ -847,7 +859,10 @@ mod tests {
 
         let c = parse("hosts = \"es:9200\"\nindex = \"x\"\napi_key = \"abc\"").unwrap();
         let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
-        assert_eq!(s.service.authorization.as_deref(), Some("ApiKey abc"));
+        assert_eq!(
+            s.service.authorization.as_ref().map(Secret::expose),
+            Some("ApiKey abc")
+        );
     }
 
     #[test]
@@ -891,6 +906,81 @@ mod tests {
 
         let err = parse("hosts = \"a\"\nindex = \"x\"\nbatch_size = 5").unwrap_err();
         assert!(err.contains("unknown field `batch_size`"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_host_urls_become_basic_auth() {
+        let auth = |toml: &str| {
+            let s = parse(toml)
+                .unwrap()
+                .settings(&ctx())
+                .unwrap_or_else(|p| panic!("{toml}: {p:?}"));
+            let debug = format!("{:?}", s.service);
+            assert!(!debug.contains("changeme"), "{debug}");
+            (
+                s.service.hosts,
+                s.service.authorization.map(|a| a.expose().to_string()),
+            )
+        };
+        // base64("elastic:changeme")
+        let basic = Some("Basic ZWxhc3RpYzpjaGFuZ2VtZQ==".to_string());
+        let (hosts, a) = auth("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"");
+        assert_eq!(
+            (hosts, a),
+            (vec!["http://es:9200".to_string()], basic.clone())
+        );
+        // The same login given twice, or split between URL and keys, is one login.
+        for extra in [
+            "user = \"elastic\"\npassword = \"changeme\"",
+            "password = \"changeme\"",
+        ] {
+            let toml =
+                format!("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"\n{extra}");
+            assert_eq!(auth(&toml).1, basic, "{extra}");
+        }
+        let toml = "hosts = \"http://elastic@es:9200\"\nindex = \"x\"\npassword = \"changeme\"";
+        assert_eq!(auth(toml).1, basic);
+    }
+
+    #[test]
+    fn credentials_in_host_urls_that_conflict_are_problems() {
+        let problems = |extra: &str| -> Vec<String> {
+            let toml =
+                format!("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"\n{extra}");
+            let text: Vec<String> = parse(&toml)
+                .unwrap()
+                .validate(&ctx())
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            for t in &text {
+                assert!(!t.contains("changeme") && !t.contains("0ther"), "{t}");
+            }
+            text
+        };
+        let text = problems("api_key = \"k3y\"");
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "error: api_key: `api_key` is set and a host URL carries a user and password"
+            ),
+            "{text:?}"
+        );
+        let text = problems("user = \"admin\"");
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "error: user: `user` is `admin` but a host URL names the user `elastic`"
+            ),
+            "{text:?}"
+        );
+        let text = problems("password = \"0ther\"");
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(
+            text[0]
+                .starts_with("error: password: `password` differs from the password in a host URL"),
+            "{text:?}"
+        );
     }
 
     #[test]
