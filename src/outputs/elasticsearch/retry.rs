@@ -122,10 +122,15 @@ pub fn classify(status: u16, body: &[u8], items: usize) -> Verdict {
             ),
         };
     }
+    classify_items(reply.items)
+}
+
+/// Sorts the per-item results of a bulk reply into indexed, duplicates, to resend and refused.
+fn classify_items(entries: Vec<ItemEntry>) -> Verdict {
     let mut retry = Vec::new();
     let mut rejected = Vec::new();
     let mut duplicates = 0;
-    for (i, entry) in reply.items.into_iter().enumerate() {
+    for (i, entry) in entries.into_iter().enumerate() {
         let created = entry.create.is_some();
         let Some(result) = entry
             .index
