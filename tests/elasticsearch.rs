@@ -361,8 +361,10 @@ fn events_sent_twice_are_indexed_once() {
     // No request_id and no time of their own: the document id is the fingerprint of the event
     // as received, which leaves out the receipt time each send stamps.
     let without_id: Vec<Value> = (0..3)
-        .map(|i| json!({"model": "deepseek-v3.2", "status": "success", "total_tokens": 20 + i,
-                        "latency_ms": 7.0}))
+        .map(|i| {
+            json!({"model": "deepseek-v3.2", "status": "success", "total_tokens": 20 + i,
+                        "latency_ms": 7.0})
+        })
         .collect();
     // A Filebeat-shaped line: its file and offset are part of what is hashed.
     let filebeat = json!({"message": "upstream timeout", "@timestamp": "2026-11-27T10:00:00.000Z",
@@ -384,16 +386,24 @@ fn events_sent_twice_are_indexed_once() {
     let (code, text) = dog.post(body, "application/x-ndjson");
     assert_eq!(code, 200, "{text}");
     let duplicates = "sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"duplicate\"}";
-    wait_for(Duration::from_secs(30), "the resent events to be settled", || {
-        (dog.metric(duplicates) == Some(7.0)).then_some(())
-    });
-    assert_eq!(osmem.count("holysheep-logs-*"), 7, "each document indexed once");
+    wait_for(
+        Duration::from_secs(30),
+        "the resent events to be settled",
+        || (dog.metric(duplicates) == Some(7.0)).then_some(()),
+    );
+    assert_eq!(
+        osmem.count("holysheep-logs-*"),
+        7,
+        "each document indexed once"
+    );
     assert_eq!(
         dog.metric("sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"indexed\"}"),
         Some(7.0)
     );
     assert_eq!(
-        dog.metric("sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"dead_lettered\"}"),
+        dog.metric(
+            "sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"dead_lettered\"}"
+        ),
         Some(0.0)
     );
     let hits = osmem.search("holysheep-logs-*", &json!({"size": 20}));

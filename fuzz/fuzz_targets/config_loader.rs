@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
     match sheepdog::load_source(&source, &lookup, Verify::Background) {
         Ok(loaded) => loaded.warnings.iter().for_each(|p| check_location(text, p)),
         Err(errors) => {
-            assert!(errors.0.iter().any(|p| p.problem.is_error()), "refused without an error");
+            assert!(
+                errors.0.iter().any(|p| p.problem.is_error()),
+                "refused without an error"
+            );
             errors.0.iter().for_each(|p| check_location(text, p));
         }
     }

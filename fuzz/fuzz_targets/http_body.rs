@@ -53,11 +53,20 @@ fn check_decode(body: &[u8]) {
             .filter(|l| !l.is_empty())
             .collect();
         assert_eq!(events.len(), lines.len(), "one event per non-blank line");
-        let with_text = events.iter().zip(&lines).filter(|(e, l)| carries(e, l)).count();
+        let with_text = events
+            .iter()
+            .zip(&lines)
+            .filter(|(e, l)| carries(e, l))
+            .count();
         assert_eq!(with_text as u64, failures, "each failure carries its line");
     } else if body[0] == b'[' {
-        let tagged = events.iter().filter(|e| e.has_tag(FAILURE) && message(e).is_some_and(|m| !m.is_empty()));
-        assert!(tagged.count() as u64 >= failures, "each failure carries its text");
+        let tagged = events
+            .iter()
+            .filter(|e| e.has_tag(FAILURE) && message(e).is_some_and(|m| !m.is_empty()));
+        assert!(
+            tagged.count() as u64 >= failures,
+            "each failure carries its text"
+        );
         assert!(failures <= events.len() as u64);
     } else {
         assert_eq!(events.len(), 1, "one pretty-printed document");
@@ -87,7 +96,11 @@ fuzz_target!(|input: &[u8]| {
         }
         // A real gzip body, inflated with a limit just above or just below its size.
         _ => {
-            let limit = if mode & 8 == 0 { data.len() } else { data.len().saturating_sub(1) };
+            let limit = if mode & 8 == 0 {
+                data.len()
+            } else {
+                data.len().saturating_sub(1)
+            };
             match inflate_gzip(&gzip(data), limit) {
                 Ok(body) => {
                     assert_eq!(&body[..], data);

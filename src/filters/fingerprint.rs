@@ -72,23 +72,23 @@ impl Config {
                     .hint("use \"XXH3_128\" (the only method; it is the default)"),
             );
         }
-        let input = if self.concatenate_all_fields {
-            Input::AllFields
-        } else {
-            if self.source.is_empty() {
-                problems.push(
-                    Problem::at("source", "no field to hash")
-                        .hint("list fields, e.g. [\"message\"], or set concatenate_all_fields = true"),
-                );
-            }
-            let mut fields = Vec::new();
-            for s in &self.source {
-                if let Some(p) = parse_path("source", s, &mut problems) {
-                    fields.push((s.clone(), p));
+        let input =
+            if self.concatenate_all_fields {
+                Input::AllFields
+            } else {
+                if self.source.is_empty() {
+                    problems.push(Problem::at("source", "no field to hash").hint(
+                        "list fields, e.g. [\"message\"], or set concatenate_all_fields = true",
+                    ));
                 }
-            }
-            Input::Fields(fields)
-        };
+                let mut fields = Vec::new();
+                for s in &self.source {
+                    if let Some(p) = parse_path("source", s, &mut problems) {
+                        fields.push((s.clone(), p));
+                    }
+                }
+                Input::Fields(fields)
+            };
         match target {
             Some(target) if problems.is_empty() => Ok(FingerprintFilter {
                 input,
@@ -206,7 +206,9 @@ mod tests {
         let line = r#"{"model":"gpt-4.1","log":{"file":{"path":"/var/log/a.log"},"offset":120}}"#;
         let a = fp(&f, line, 1_000);
         assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         // Received later: the stamped receipt time is not part of the event.
         assert_eq!(fp(&f, line, 99_000), a);
         // Pinned: the hash must not change between versions, or a replay after an upgrade
@@ -248,7 +250,10 @@ mod tests {
     fn source_fields_are_hashed_in_order() {
         let f = filter("source = [\"[log][file][path]\", \"[log][offset]\"]");
         let a = fp(&f, r#"{"log":{"file":{"path":"/a"},"offset":1},"x":1}"#, 0);
-        assert_eq!(a, fp(&f, r#"{"x":2,"log":{"offset":1,"file":{"path":"/a"}}}"#, 0));
+        assert_eq!(
+            a,
+            fp(&f, r#"{"x":2,"log":{"offset":1,"file":{"path":"/a"}}}"#, 0)
+        );
         assert_ne!(a, fp(&f, r#"{"log":{"file":{"path":"/a"},"offset":2}}"#, 0));
         // Only some present: still hashed; none present: no fingerprint.
         fp(&f, r#"{"log":{"offset":1}}"#, 0);
@@ -257,20 +262,30 @@ mod tests {
         assert!(e.get(&f.target).is_none());
         // The default source is `message`, as in Logstash.
         let f = filter("");
-        assert_eq!(fp(&f, r#"{"message":"m","x":1}"#, 0), fp(&f, r#"{"message":"m"}"#, 3));
+        assert_eq!(
+            fp(&f, r#"{"message":"m","x":1}"#, 0),
+            fp(&f, r#"{"message":"m"}"#, 3)
+        );
     }
 
     #[test]
     fn problems_name_the_key() {
-        let problems = toml::from_str::<Config>("method = \"SHA256\"\nsource = []\ntarget = \"[a\"")
-            .unwrap()
-            .build()
-            .err()
-            .unwrap();
+        let problems =
+            toml::from_str::<Config>("method = \"SHA256\"\nsource = []\ntarget = \"[a\"")
+                .unwrap()
+                .build()
+                .err()
+                .unwrap();
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         assert_eq!(problems.len(), 3, "{text:#?}");
         assert!(text[0].starts_with("error: target:"), "{text:#?}");
-        assert!(text[1].starts_with("error: method: unsupported method `SHA256`"), "{text:#?}");
-        assert!(text[2].starts_with("error: source: no field to hash"), "{text:#?}");
+        assert!(
+            text[1].starts_with("error: method: unsupported method `SHA256`"),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].starts_with("error: source: no field to hash"),
+            "{text:#?}"
+        );
     }
 }

@@ -350,12 +350,19 @@ mod tests {
             let neither = event(json!({"service": "api"}), DAY1);
             let mut chunk = Chunk::default();
             enc.encode(&[&with_id, &fingerprinted, &neither], &mut chunk);
-            let name = if index.contains("service") { "logs-api" } else { "logs-2026.11.27" };
+            let name = if index.contains("service") {
+                "logs-api"
+            } else {
+                "logs-2026.11.27"
+            };
             let action = |i: usize| {
                 let item = chunk.item(i);
                 String::from_utf8(item[..memchr::memchr(b'\n', item).unwrap()].to_vec()).unwrap()
             };
-            assert_eq!(action(0), format!(r#"{{"create":{{"_index":"{name}","_id":"r-\"1"}}}}"#));
+            assert_eq!(
+                action(0),
+                format!(r#"{{"create":{{"_index":"{name}","_id":"r-\"1"}}}}"#)
+            );
             assert_eq!(
                 action(1),
                 format!(r#"{{"create":{{"_index":"{name}","_id":"0123abcd"}}}}"#),
