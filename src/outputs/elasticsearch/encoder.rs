@@ -13,6 +13,8 @@ use std::sync::Arc;
 const DAY_MS: i64 = 86_400_000;
 /// Days kept in the cache; a batch rarely spans more than two (midnight, late events).
 const CACHED_DAYS: usize = 4;
+/// Elasticsearch's longest `_id` in bytes; a longer one could fail the whole bulk request.
+const MAX_ID: usize = 512;
 
 /// Encoded bulk items: `items[i]` ends at byte `ends[i]` of `buf`; each item is an action line
 /// and a document line.
@@ -179,11 +181,11 @@ impl Encoder {
     }
 
     /// Renders the first `_id` template whose fields are all present and whose text is not
-    /// empty into `out`; `false` when there is none.
+    /// empty and not too long into `out`; `false` when there is none.
     fn render_id(&self, event: &Event, out: &mut String) -> bool {
         for template in &self.ids.templates {
             out.clear();
-            if template.render_into(event, out).is_ok() && !out.is_empty() {
+            if template.render_into(event, out).is_ok() && !out.is_empty() && out.len() <= MAX_ID {
                 return true;
             }
         }
@@ -347,7 +349,10 @@ mod tests {
             fingerprinted
                 .metadata_mut()
                 .insert("fingerprint", json!("0123abcd"));
-            let neither = event(json!({"service": "api"}), DAY1);
+            let neither = event(
+                json!({"service": "api", "request_id": "x".repeat(513)}),
+                DAY1,
+            );
             let mut chunk = Chunk::default();
             enc.encode(&[&with_id, &fingerprinted, &neither], &mut chunk);
             let name = if index.contains("service") {
@@ -368,7 +373,11 @@ mod tests {
                 format!(r#"{{"create":{{"_index":"{name}","_id":"0123abcd"}}}}"#),
                 "an empty request_id falls back to the fingerprint"
             );
-            assert_eq!(action(2), format!(r#"{{"create":{{"_index":"{name}"}}}}"#));
+            assert_eq!(
+                action(2),
+                format!(r#"{{"create":{{"_index":"{name}"}}}}"#),
+                "an id over 512 bytes is not sent"
+            );
             assert_eq!(split_item(chunk.item(0)).index, name);
             assert_eq!(
                 split_item(chunk.item(0)).document,
