@@ -109,17 +109,25 @@ pub struct Loaded {
 /// problem, one `file:line:column: ...` per line.
 pub fn load(path: &Path, lookup: config::env::Lookup, verify: Verify) -> Result<Loaded, String> {
     let source = config::Source::read(path).map_err(|e| format!("{e:#}"))?;
+    load_source(&source, lookup, verify).map_err(|e| e.to_string())
+}
+
+/// [`load`] for pipeline text already read: `Err` holds every problem located in `source`.
+pub fn load_source(
+    source: &config::Source,
+    lookup: config::env::Lookup,
+    verify: Verify,
+) -> Result<Loaded, config::ConfigErrors> {
     // Stages that parsed are validated (templates, files, addresses) even when others did not,
     // so one run reports every problem.
-    let (config, mut located) =
-        config::parse_partial(&source, lookup).map_err(|e| e.to_string())?;
+    let (config, mut located) = config::parse_partial(source, lookup)?;
     let mut ctx = BuildContext::new(config.pipeline.data_dir.clone(), CancellationToken::new());
     ctx.verify = verify;
     let (problems, stages) = pipeline::validate_and_build(&config, &ctx);
     located.extend(problems.into_iter().map(|p| source.locate(p)));
     located.sort_by_key(|p| (p.line, p.column));
     if located.iter().any(|p| p.problem.is_error()) {
-        Err(config::ConfigErrors(located).to_string())
+        Err(config::ConfigErrors(located))
     } else {
         Ok(Loaded {
             config,

@@ -378,3 +378,86 @@ fn a_shutdown_deadline_that_passes_logs_how_many_events_were_not_delivered() {
     };
     assert_eq!(number("queued") + number("in_outputs"), 25, "{line}");
 }
+
+#[test]
+fn events_sent_twice_are_indexed_once() {
+    let osmem = Osmem::start();
+    let data_dir = tempfile::tempdir().unwrap();
+    let data = data_dir.path().to_str().unwrap();
+    let mut dog = Sheepdog::start(
+        "pipelines/holysheep.toml",
+        &[("ES_HOSTS", osmem.url.as_str()), ("DATA_DIR", data)],
+    );
+    let with_id: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"request_id": format!("req-{i}"), "model": "gpt-4.1", "status": "success",
+                   "total_tokens": 10 + i, "latency_ms": 5.0})
+        })
+        .collect();
+    // No request_id and no time of their own: the document id is the fingerprint of the event
+    // as received, which leaves out the receipt time each send stamps.
+    let without_id: Vec<Value> = (0..3)
+        .map(|i| {
+            json!({"model": "deepseek-v3.2", "status": "success", "total_tokens": 20 + i,
+                        "latency_ms": 7.0})
+        })
+        .collect();
+    // A Filebeat-shaped line: its file and offset are part of what is hashed.
+    let filebeat = json!({"message": "upstream timeout", "@timestamp": "2026-11-27T10:00:00.000Z",
+                          "log": {"file": {"path": "/var/log/app.log"}, "offset": 4096}});
+    let mut events = with_id.clone();
+    events.extend(without_id);
+    events.push(filebeat);
+    let body = ndjson(&events);
+    let (code, text) = dog.post(body.clone(), "application/x-ndjson");
+    assert_eq!(code, 200, "{text}");
+    assert_eq!(
+        osmem.wait_count("holysheep-logs-*", 7, Duration::from_secs(30)),
+        7,
+        "{}",
+        dog.log()
+    );
+    // The client did not get the answer and sends the same body again.
+    std::thread::sleep(Duration::from_millis(20));
+    let (code, text) = dog.post(body, "application/x-ndjson");
+    assert_eq!(code, 200, "{text}");
+    let duplicates = "sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"duplicate\"}";
+    wait_for(
+        Duration::from_secs(30),
+        "the resent events to be settled",
+        || (dog.metric(duplicates) == Some(7.0)).then_some(()),
+    );
+    assert_eq!(
+        osmem.count("holysheep-logs-*"),
+        7,
+        "each document indexed once"
+    );
+    assert_eq!(
+        dog.metric("sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"indexed\"}"),
+        Some(7.0)
+    );
+    assert_eq!(
+        dog.metric(
+            "sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"dead_lettered\"}"
+        ),
+        Some(0.0)
+    );
+    let hits = osmem.search("holysheep-logs-*", &json!({"size": 20}));
+    let hits = hits["hits"]["hits"].as_array().unwrap().clone();
+    assert_eq!(hits.len(), 7);
+    let mut ids = std::collections::BTreeSet::new();
+    for hit in &hits {
+        let id = hit["_id"].as_str().unwrap();
+        match hit["_source"]["request_id"].as_str() {
+            Some(request_id) => assert_eq!(id, request_id, "{hit}"),
+            None => assert!(
+                id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "a fingerprint id: {hit}"
+            ),
+        }
+        assert!(hit["_source"].get("@metadata").is_none(), "{hit}");
+        ids.insert(id.to_string());
+    }
+    assert_eq!(ids.len(), 7, "distinct events have distinct ids");
+    assert!(dog.stop().success());
+}

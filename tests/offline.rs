@@ -235,8 +235,18 @@ fn tap_prints_each_event_with_its_index_and_outputs() {
     assert_eq!(e["latency_bucket"], "fast");
     assert_eq!(e["@timestamp"], "2026-11-26T20:30:00.000Z");
     assert_eq!(e["geoip"]["geo"]["city_name"], "London");
+    // Without a request_id the shipped first stage fingerprints the event for its document id.
+    let mut metadata = e["@metadata"].clone();
+    let fingerprint = metadata.as_object_mut().unwrap().remove("fingerprint");
+    assert!(
+        fingerprint
+            .as_ref()
+            .and_then(|f| f.as_str())
+            .is_some_and(|f| f.len() == 32 && f.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{fingerprint:?}"
+    );
     assert_eq!(
-        e["@metadata"],
+        metadata,
         json!({"source": "t", "index": "holysheep-logs-2026.11.26", "outputs": ["elasticsearch"]})
     );
 

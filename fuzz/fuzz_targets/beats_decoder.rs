@@ -12,9 +12,10 @@ use codec::{BeatsCodec, Body, Frame, Limits};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
-/// Small enough that zlib bombs and huge announced lengths are cheap to reject (frames and
-/// inflated windows alike).
-const MAX_FRAME: usize = 64 * 1024;
+/// The Beats input's default `max_frame_size` (64 MiB), so the target runs at the limits a
+/// daemon with the shipped settings has; run it with `-rss_limit_mb=256`, the default memory
+/// budget.
+const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 #[derive(Debug, PartialEq)]
 enum Item {

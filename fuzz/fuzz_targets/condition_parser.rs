@@ -2,22 +2,8 @@
 //! compiles prints as source that compiles to the same tree and prints the same again.
 #![no_main]
 
-// The parser and the event module its trees refer to, compiled in from the daemon's sources.
-#[path = "../../src/condition/mod.rs"]
-#[allow(dead_code)]
-mod condition;
-#[path = "../../src/event/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod event;
-#[path = "../../src/json_bytes.rs"]
-#[allow(dead_code)]
-mod json_bytes;
-#[path = "../../src/ser.rs"]
-#[allow(dead_code)]
-mod ser;
-
-use condition::Condition;
 use libfuzzer_sys::fuzz_target;
+use sheepdog::condition::Condition;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(source) = std::str::from_utf8(data) else {

@@ -46,6 +46,9 @@ pub struct Event {
     metadata: Fields,
     /// `@timestamp` as milliseconds since the Unix epoch (UTC); kept in step with the field.
     timestamp_ms: i64,
+    /// `@timestamp` is the receipt time the input stamped (the event arrived without one), so
+    /// it is not part of the event as received (see the `fingerprint` filter).
+    stamped_at_receipt: bool,
 }
 
 impl Event {
@@ -72,6 +75,7 @@ impl Event {
             fields,
             metadata,
             timestamp_ms: receipt.ms,
+            stamped_at_receipt: false,
         };
         let parsed = match event.fields.get(TIMESTAMP) {
             Some(Value::String(s)) => parse_timestamp_ms(s),
@@ -83,6 +87,7 @@ impl Event {
                 event
                     .fields
                     .insert(TIMESTAMP, Value::String(receipt.text.clone()));
+                event.stamped_at_receipt = true;
             }
         }
         event
@@ -118,10 +123,16 @@ impl Event {
         self.timestamp_ms
     }
 
+    /// Whether `@timestamp` is the time of receipt the input added, not the event's own.
+    pub fn stamped_at_receipt(&self) -> bool {
+        self.stamped_at_receipt
+    }
+
     /// Sets `@timestamp` (field and cached value) to `ms` since the epoch, formatted as
     /// RFC 3339 UTC with millisecond precision like Logstash.
     pub fn set_timestamp_ms(&mut self, ms: i64) {
         self.timestamp_ms = ms;
+        self.stamped_at_receipt = false;
         // The date stage rewrites the receipt time of nearly every event: reuse its buffer.
         if let Some(Value::String(s)) = self.fields.get_mut(TIMESTAMP) {
             s.clear();

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod classify;
 pub mod cost;
 pub mod date;
+pub mod fingerprint;
 pub mod geoip;
 pub mod json;
 pub mod metrics;
@@ -47,6 +48,7 @@ pub const TYPES: &[&str] = &[
     "geoip",
     "useragent",
     "metrics",
+    "fingerprint",
 ];
 
 /// What the stages of one filter chain share while it is built.
@@ -67,6 +69,7 @@ pub enum FilterConfig {
     Geoip(geoip::Config),
     Useragent(useragent::Config),
     Metrics(metrics::Config),
+    Fingerprint(fingerprint::Config),
 }
 
 impl FilterConfig {
@@ -87,6 +90,7 @@ impl FilterConfig {
             "geoip" => FilterConfig::Geoip(de(value, path, problems)?),
             "useragent" => FilterConfig::Useragent(de(value, path, problems)?),
             "metrics" => FilterConfig::Metrics(de(value, path, problems)?),
+            "fingerprint" => FilterConfig::Fingerprint(de(value, path, problems)?),
             _ => return None,
         })
     }
@@ -125,6 +129,7 @@ impl FilterConfig {
             FilterConfig::Metrics(c) => c
                 .build(&ctx.metrics)
                 .map(|f| Box::new(f) as Box<dyn Filter>),
+            FilterConfig::Fingerprint(c) => c.build().map(|f| Box::new(f) as Box<dyn Filter>),
         }
     }
 }

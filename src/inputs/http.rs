@@ -374,12 +374,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-enum Inflate {
+/// Why a gzip body was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inflate {
+    /// It inflates to more than the limit.
     TooLarge,
+    /// It is not a gzip stream.
     Corrupt,
 }
 
-fn inflate_gzip(raw: &[u8], limit: usize) -> Result<Bytes, Inflate> {
+/// Inflates a gzip body (one or more members), refusing it once it passes `limit` bytes.
+pub fn inflate_gzip(raw: &[u8], limit: usize) -> Result<Bytes, Inflate> {
     let mut out = Vec::with_capacity((raw.len() * 4).min(limit));
     let mut decoder = flate2::read::MultiGzDecoder::new(raw).take(limit as u64 + 1);
     decoder

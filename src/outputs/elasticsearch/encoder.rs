@@ -1,9 +1,10 @@
 //! Bulk encoding, done in the filter workers: each event becomes an action line and its document
 //! in a chunk buffer, with per-item byte ranges so single items can be resent or dead-lettered.
 //! Index names from a date-only template are rendered once per UTC day and cached with their
-//! prebuilt action line.
+//! prebuilt action line; a document id, when configured, is rendered per event into it.
 
 use crate::event::Event;
+use crate::json::write::write_str;
 use crate::template::Template;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,6 +13,8 @@ use std::sync::Arc;
 const DAY_MS: i64 = 86_400_000;
 /// Days kept in the cache; a batch rarely spans more than two (midnight, late events).
 const CACHED_DAYS: usize = 4;
+/// Elasticsearch's longest `_id` in bytes; a longer one could fail the whole bulk request.
+const MAX_ID: usize = 512;
 
 /// Encoded bulk items: `items[i]` ends at byte `ends[i]` of `buf`; each item is an action line
 /// and a document line.
@@ -44,6 +47,32 @@ pub struct ItemParts<'a> {
     pub document: &'a [u8],
 }
 
+/// The bulk action of every item.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Action {
+    /// Index the document, replacing one with the same `_id`.
+    #[default]
+    Index,
+    /// Create it; one with the same `_id` already there is kept (HTTP 409 for the item).
+    Create,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Index => "index",
+            Action::Create => "create",
+        }
+    }
+}
+
+/// How items are identified: `_id` templates tried in order, and the action.
+#[derive(Debug, Clone, Default)]
+pub struct Ids {
+    pub templates: Vec<Template>,
+    pub action: Action,
+}
+
 /// Splits an encoded item into its index name and document.
 pub fn split_item(item: &[u8]) -> ItemParts<'_> {
     let newline = memchr::memchr(b'\n', item).unwrap_or(item.len());
@@ -54,7 +83,10 @@ pub fn split_item(item: &[u8]) -> ItemParts<'_> {
     }
     let index = serde_json::from_slice::<serde_json::Value>(action)
         .ok()
-        .and_then(|v| v.get("index")?.get("_index")?.as_str().map(str::to_string))
+        .and_then(|v| {
+            let action = v.get("index").or_else(|| v.get("create"))?;
+            action.get("_index")?.as_str().map(str::to_string)
+        })
         .unwrap_or_default();
     ItemParts { index, document }
 }
@@ -65,18 +97,25 @@ type DayNames = Vec<(i64, Arc<[u8]>)>;
 /// Turns events into bulk items for one index template.
 pub struct Encoder {
     index: Template,
+    ids: Ids,
     /// `Some` when the index name depends only on the event day.
     days: Option<ArcSwap<DayNames>>,
     day_renders: AtomicU64,
 }
 
 impl Encoder {
+    /// An encoder of `index` actions without `_id`.
     pub fn new(index: Template) -> Self {
+        Encoder::with_ids(index, Ids::default())
+    }
+
+    pub fn with_ids(index: Template, ids: Ids) -> Self {
         let days = index
             .depends_only_on_date()
             .then(|| ArcSwap::from_pointee(Vec::new()));
         Encoder {
             index,
+            ids,
             days,
             day_renders: AtomicU64::new(0),
         }
@@ -91,8 +130,10 @@ impl Encoder {
     /// Appends every event to `chunk`.
     pub fn encode(&self, events: &[&Event], chunk: &mut Chunk) {
         let mut scratch = String::new();
+        let mut id = String::new();
         let mut cache = self.days.as_ref().map(|d| d.load_full());
         for event in events {
+            let action_start = chunk.buf.len();
             match (&self.days, &mut cache) {
                 (Some(days), Some(cache)) => {
                     let day = event.timestamp_ms().div_euclid(DAY_MS);
@@ -114,8 +155,11 @@ impl Encoder {
                 _ => {
                     scratch.clear();
                     self.render_name(event, &mut scratch);
-                    write_action(&scratch, &mut chunk.buf);
+                    write_action(self.ids.action, &scratch, &mut chunk.buf);
                 }
+            }
+            if self.render_id(event, &mut id) {
+                insert_id(&id, action_start, &mut chunk.buf);
             }
             // A document of JSON values always serialises; this writer escapes faster.
             event.fields().write_json(&mut chunk.buf);
@@ -136,6 +180,18 @@ impl Encoder {
         name
     }
 
+    /// Renders the first `_id` template whose fields are all present and whose text is not
+    /// empty and not too long into `out`; `false` when there is none.
+    fn render_id(&self, event: &Event, out: &mut String) -> bool {
+        for template in &self.ids.templates {
+            out.clear();
+            if template.render_into(event, out).is_ok() && !out.is_empty() && out.len() <= MAX_ID {
+                return true;
+            }
+        }
+        false
+    }
+
     fn render_name(&self, event: &Event, out: &mut String) {
         if self.index.render_into(event, out).is_err() {
             // Like Logstash: a missing field leaves the reference in the name.
@@ -149,16 +205,29 @@ impl Encoder {
         let mut name = String::new();
         self.index.render_for_time(day * DAY_MS, &mut name);
         let mut line = Vec::with_capacity(name.len() + 24);
-        write_action(&name, &mut line);
+        write_action(self.ids.action, &name, &mut line);
         line.into()
     }
 }
 
-fn write_action(index: &str, out: &mut Vec<u8>) {
-    out.extend_from_slice(br#"{"index":{"_index":"#);
+/// `{"<action>":{"_index":"<index>"}}` and a newline.
+fn write_action(action: Action, index: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(action.name().as_bytes());
+    out.extend_from_slice(br#"":{"_index":"#);
     // An index name is a JSON string; serde_json escapes what needs escaping.
     let _ = serde_json::to_writer(&mut *out, index);
     out.extend_from_slice(b"}}\n");
+}
+
+/// Adds `"_id"` to the action line that starts at `start` and ends `buf`.
+fn insert_id(id: &str, start: usize, buf: &mut Vec<u8>) {
+    // The line ends in `}}\n`: cut that, add the id, close it again.
+    debug_assert!(buf[start..].ends_with(b"}}\n"));
+    buf.truncate(buf.len() - 3);
+    buf.extend_from_slice(br#","_id":"#);
+    write_str(id, buf);
+    buf.extend_from_slice(b"}}\n");
 }
 
 #[cfg(test)]
@@ -262,5 +331,58 @@ mod tests {
             "logs-%{[service]}-%{+YYYY}"
         );
         assert_eq!(enc.day_renders(), 0);
+    }
+
+    #[test]
+    fn document_ids_fall_back_in_order_and_create_is_the_action() {
+        let ids = Ids {
+            templates: vec![
+                Template::compile("%{request_id}").unwrap(),
+                Template::compile("%{[@metadata][fingerprint]}").unwrap(),
+            ],
+            action: Action::Create,
+        };
+        for index in ["logs-%{+YYYY.MM.dd}", "logs-%{[service]}"] {
+            let enc = Encoder::with_ids(Template::compile(index).unwrap(), ids.clone());
+            let with_id = event(json!({"request_id": "r-\"1", "service": "api"}), DAY1);
+            let mut fingerprinted = event(json!({"request_id": "", "service": "api"}), DAY1);
+            fingerprinted
+                .metadata_mut()
+                .insert("fingerprint", json!("0123abcd"));
+            let neither = event(
+                json!({"service": "api", "request_id": "x".repeat(513)}),
+                DAY1,
+            );
+            let mut chunk = Chunk::default();
+            enc.encode(&[&with_id, &fingerprinted, &neither], &mut chunk);
+            let name = if index.contains("service") {
+                "logs-api"
+            } else {
+                "logs-2026.11.27"
+            };
+            let action = |i: usize| {
+                let item = chunk.item(i);
+                String::from_utf8(item[..memchr::memchr(b'\n', item).unwrap()].to_vec()).unwrap()
+            };
+            assert_eq!(
+                action(0),
+                format!(r#"{{"create":{{"_index":"{name}","_id":"r-\"1"}}}}"#)
+            );
+            assert_eq!(
+                action(1),
+                format!(r#"{{"create":{{"_index":"{name}","_id":"0123abcd"}}}}"#),
+                "an empty request_id falls back to the fingerprint"
+            );
+            assert_eq!(
+                action(2),
+                format!(r#"{{"create":{{"_index":"{name}"}}}}"#),
+                "an id over 512 bytes is not sent"
+            );
+            assert_eq!(split_item(chunk.item(0)).index, name);
+            assert_eq!(
+                split_item(chunk.item(0)).document,
+                br#"{"request_id":"r-\"1","service":"api","@timestamp":"2026-11-27T10:15:02.123Z"}"#
+            );
+        }
     }
 }

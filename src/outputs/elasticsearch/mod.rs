@@ -46,6 +46,16 @@ pub struct Config {
     pub api_key: Secret,
     /// Index name template, e.g. `holysheep-logs-%{+YYYY.MM.dd}` (UTC day of `@timestamp`).
     pub index: String,
+    /// Document id template, or templates tried in order: the first whose fields are all
+    /// present and that renders non-empty becomes the bulk item's `_id`, e.g.
+    /// `["%{request_id}", "%{[@metadata][fingerprint]}"]`. When none does (or none is set),
+    /// Elasticsearch picks the id. Default: none.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub document_id: Vec<String>,
+    /// The bulk action, as in Logstash: `index` (a document with the same `_id` is replaced)
+    /// or `create` (it is kept, and the 409 counts as already indexed). Default `index`.
+    #[serde(default = "d_action")]
+    pub action: String,
     /// Install the index template at start-up. Default true.
     #[serde(default = "d_true", deserialize_with = "de::from_str_or_value")]
     pub manage_template: bool,
@@ -126,6 +136,9 @@ pub struct Config {
 fn d_true() -> bool {
     true
 }
+fn d_action() -> String {
+    "index".into()
+}
 fn d_batch_events() -> usize {
     2000
 }
@@ -158,10 +171,30 @@ fn opt_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Err
     de::from_str_or_value(d).map(Some)
 }
 
+/// A string or an array of strings (templates may hold commas, so no splitting).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
+/// Bulk request bodies stay below this (Logstash's target as well): proxies and clusters in
+/// front commonly cap request bodies near it.
+const MAX_BULK_BYTES: u64 = 20 * 1024 * 1024;
+
 /// The settings the running output uses, all checked.
 struct Settings {
     service: service::ServiceConfig,
     index: Template,
+    /// `_id` templates and the bulk action.
+    ids: encoder::Ids,
     template: Option<TemplateInstall>,
     dead_letter_path: PathBuf,
     batch_max_events: usize,
@@ -208,6 +241,7 @@ impl Config {
         let mut problems = Vec::new();
         let hosts = hosts::parse(&self.hosts, &mut problems);
         let index = self.index_template(&mut problems);
+        let ids = self.ids(&mut problems);
         let authorization = self.authorization(hosts.credentials, &mut problems);
         let gzip = self.gzip(&mut problems);
         let tls_ca_pem = self.tls_ca_pem(&mut problems);
@@ -229,6 +263,7 @@ impl Config {
                     dead_host_pause: self.retry_max_backoff.min(Duration::from_secs(5)),
                 },
                 index,
+                ids,
                 template,
                 dead_letter_path,
                 batch_max_events: self.batch_max_events,
@@ -272,6 +307,36 @@ impl Config {
             );
         }
         index
+    }
+
+    /// The document id templates and the bulk action.
+    fn ids(&self, problems: &mut Vec<Problem>) -> encoder::Ids {
+        let mut templates = Vec::new();
+        for source in &self.document_id {
+            match Template::compile(source) {
+                Ok(t) if !source.trim().is_empty() => templates.push(t),
+                Ok(_) => problems.push(
+                    Problem::at("document_id", "a document id template is empty")
+                        .hint("e.g. \"%{request_id}\", or leave document_id out"),
+                ),
+                Err(e) => problems.push(
+                    Problem::at("document_id", format!("bad template `{source}`: {e}"))
+                        .hint("e.g. [\"%{request_id}\", \"%{[@metadata][fingerprint]}\"]"),
+                ),
+            }
+        }
+        let action = match self.action.as_str() {
+            "index" => encoder::Action::Index,
+            "create" => encoder::Action::Create,
+            other => {
+                problems.push(
+                    Problem::at("action", format!("unsupported action `{other}`"))
+                        .hint("use \"index\" or \"create\""),
+                );
+                encoder::Action::Index
+            }
+        };
+        encoder::Ids { templates, action }
     }
 
     /// The `Authorization` header value: an API key, basic auth (from `user` and `password`,
@@ -463,6 +528,11 @@ impl Config {
         }
         if self.batch_max_bytes == 0 {
             problems.push(Problem::at("batch_max_bytes", "must be greater than zero"));
+        } else if self.batch_max_bytes >= MAX_BULK_BYTES {
+            problems.push(
+                Problem::at("batch_max_bytes", "must be below 20MiB")
+                    .hint("bulk bodies over 20 MiB are refused by many clusters and proxies; the default is \"10MiB\""),
+            );
         }
         if self.flush_interval.is_zero() {
             problems.push(
@@ -622,7 +692,7 @@ impl Config {
         let (tx, rx) = mpsc::channel(settings.queue_max_events.clamp(1, 4096));
         let permits = Arc::new(Semaphore::new(settings.queue_max_events));
         let metrics = sink::Metrics::register(id, ctx);
-        let encoder = Encoder::new(settings.index.clone());
+        let encoder = Encoder::with_ids(settings.index.clone(), settings.ids.clone());
         let output = ElasticsearchOutput {
             budget: ctx.budget.clone(),
             encoder,

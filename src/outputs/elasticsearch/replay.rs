@@ -246,7 +246,9 @@ async fn send_batch(
     };
     let (retry, rejected) = match verdict {
         Verdict::AllIndexed => (Vec::new(), Vec::new()),
-        Verdict::Items { retry, rejected } => (retry, rejected),
+        Verdict::Items {
+            retry, rejected, ..
+        } => (retry, rejected),
         Verdict::RetryAll { reason } | Verdict::RejectAll { reason, .. } => {
             tracing::warn!(%reason, documents = batch.len(), "replay request not taken; the documents stay in the store");
             ((0..batch.len()).collect(), Vec::new())

@@ -23,10 +23,12 @@ pub enum Verdict {
     /// Every item was indexed.
     AllIndexed,
     /// Per-item results: `retry` items (429, 5xx) are resent, `rejected` items go to the
-    /// dead-letter file, the rest were indexed.
+    /// dead-letter file, the rest were indexed; `duplicates` of those were `create`s answered
+    /// 409 because a document with their `_id` exists: sent before, already indexed.
     Items {
         retry: Vec<usize>,
         rejected: Vec<Rejection>,
+        duplicates: usize,
     },
     /// Resend the whole request later (connection trouble, 429, 5xx, auth, unreadable reply).
     RetryAll { reason: String },
@@ -120,9 +122,16 @@ pub fn classify(status: u16, body: &[u8], items: usize) -> Verdict {
             ),
         };
     }
+    classify_items(reply.items)
+}
+
+/// Sorts the per-item results of a bulk reply into indexed, duplicates, to resend and refused.
+fn classify_items(entries: Vec<ItemEntry>) -> Verdict {
     let mut retry = Vec::new();
     let mut rejected = Vec::new();
-    for (i, entry) in reply.items.into_iter().enumerate() {
+    let mut duplicates = 0;
+    for (i, entry) in entries.into_iter().enumerate() {
+        let created = entry.create.is_some();
         let Some(result) = entry
             .index
             .or(entry.create)
@@ -133,6 +142,10 @@ pub fn classify(status: u16, body: &[u8], items: usize) -> Verdict {
             continue;
         };
         if (200..300).contains(&result.status) {
+            continue;
+        }
+        if created && result.status == 409 {
+            duplicates += 1;
             continue;
         }
         if is_retryable_status(result.status) {
@@ -150,10 +163,14 @@ pub fn classify(status: u16, body: &[u8], items: usize) -> Verdict {
             reason,
         });
     }
-    if retry.is_empty() && rejected.is_empty() {
+    if retry.is_empty() && rejected.is_empty() && duplicates == 0 {
         Verdict::AllIndexed
     } else {
-        Verdict::Items { retry, rejected }
+        Verdict::Items {
+            retry,
+            rejected,
+            duplicates,
+        }
     }
 }
 
@@ -300,6 +317,7 @@ mod tests {
                         "document already exists"
                     ),
                 ],
+                duplicates: 0,
             }
         );
         // errors=true but every item fine (can happen with noop updates)
@@ -313,6 +331,51 @@ mod tests {
                 reason: "bulk reply has 1 items for 2 documents sent".into()
             }
         );
+    }
+
+    #[test]
+    fn a_409_on_create_is_already_indexed() {
+        let conflict = r#"{"create":{"_index":"l","_id":"r-1","status":409,"error":{"type":"version_conflict_engine_exception","reason":"[r-1]: version conflict, document already exists (current version [1])"}}}"#;
+        let created = r#"{"create":{"_index":"l","_id":"r-2","status":201,"result":"created"}}"#;
+        let pushed_back = r#"{"create":{"_index":"l","_id":"r-3","status":429,"error":{"type":"es_rejected_execution_exception","reason":"queue full"}}}"#;
+        // An `index` answered 409 (a versioning conflict) is a refusal, not a duplicate.
+        let index_conflict = r#"{"index":{"_index":"l","_id":"r-4","status":409,"error":{"type":"version_conflict_engine_exception","reason":"version conflict"}}}"#;
+        let table: &[(&[&str], Verdict)] = &[
+            (
+                &[conflict, created],
+                Verdict::Items {
+                    retry: vec![],
+                    rejected: vec![],
+                    duplicates: 1,
+                },
+            ),
+            (
+                &[conflict, conflict, pushed_back],
+                Verdict::Items {
+                    retry: vec![2],
+                    rejected: vec![],
+                    duplicates: 2,
+                },
+            ),
+            (
+                &[created, index_conflict],
+                Verdict::Items {
+                    retry: vec![],
+                    rejected: vec![rejection(
+                        1,
+                        409,
+                        "version_conflict_engine_exception",
+                        "version conflict",
+                    )],
+                    duplicates: 0,
+                },
+            ),
+            (&[created, created], Verdict::AllIndexed),
+        ];
+        for (items, want) in table {
+            let body = format!(r#"{{"errors":true,"items":[{}]}}"#, items.join(","));
+            assert_eq!(&classify(200, body.as_bytes(), items.len()), want, "{body}");
+        }
     }
 
     #[test]

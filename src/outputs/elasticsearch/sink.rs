@@ -20,6 +20,8 @@ use tokio::task::JoinSet;
 #[derive(Clone)]
 pub struct Metrics {
     pub indexed: Counter,
+    /// `create` items answered 409: a document with that `_id` was indexed before.
+    pub duplicates: Counter,
     pub dead_lettered: Counter,
     /// Documents lost: not serialisable, or refused and not writable to the dead-letter file.
     pub failed: Counter,
@@ -55,9 +57,10 @@ impl Metrics {
                 &[("output", id), ("outcome", outcome)],
             )
         };
-        let docs_help = "Documents by outcome (indexed, dead_lettered, failed, retried)";
+        let docs_help = "Documents by outcome (indexed, duplicate: a create answered 409 because a document with its _id was indexed before, dead_lettered, failed, retried)";
         Metrics {
             indexed: docs("indexed", docs_help),
+            duplicates: docs("duplicate", docs_help),
             dead_lettered: docs("dead_lettered", docs_help),
             failed: docs("failed", docs_help),
             retried_docs: docs("retried", docs_help),
@@ -244,8 +247,13 @@ impl Sink {
     async fn deliver(self: Arc<Self>, mut batch: Vec<Pending>) {
         self.metrics.in_flight.add(1);
         let joined = Joined::new(&mut batch);
-        // Work list: item sets still to send (a 413 splits one into two).
-        let mut work = vec![(0..joined.len() as u32).collect::<Vec<u32>>()];
+        // Work list: item sets still to send, each within `batch_max_bytes` (a 413 splits one
+        // into two); popped from the end, so the first set is last.
+        let (mut work, oversize) = joined.partition(self.settings.batch_max_bytes);
+        work.reverse();
+        if !oversize.is_empty() {
+            self.dead_letter_oversize(&oversize, &joined);
+        }
         while let Some(items) = work.pop() {
             self.deliver_items(&joined, items, &mut work).await;
         }
@@ -307,8 +315,17 @@ impl Sink {
                 self.health.ok();
                 Attempt::Done
             }
-            Verdict::Items { retry, rejected } => {
-                self.settle_items(&retry, &rejected, items, joined, attempt)
+            Verdict::Items {
+                retry,
+                rejected,
+                duplicates,
+            } => {
+                let outcome = ItemOutcome {
+                    to_retry: &retry,
+                    rejected: &rejected,
+                    duplicates,
+                };
+                self.settle_items(outcome, items, joined, attempt)
             }
             Verdict::RetryAll { reason } => {
                 self.metrics.bulk_retry.inc();
@@ -355,16 +372,23 @@ impl Sink {
     /// `items` those pushed back (positions `to_retry`).
     fn settle_items(
         &self,
-        to_retry: &[usize],
-        rejected: &[retry::Rejection],
+        outcome: ItemOutcome<'_>,
         items: &mut Vec<u32>,
         joined: &Joined,
         attempt: u32,
     ) -> Attempt {
+        let ItemOutcome {
+            to_retry,
+            rejected,
+            duplicates,
+        } = outcome;
         self.metrics.bulk_partial.inc();
         self.health.ok();
         let done = items.len() - to_retry.len() - rejected.len();
-        self.metrics.indexed.add(done as u64);
+        self.metrics.indexed.add((done - duplicates) as u64);
+        if duplicates > 0 {
+            self.metrics.duplicates.add(duplicates as u64);
+        }
         if !rejected.is_empty() {
             let letters: Vec<(usize, u16, &str, &str)> = rejected
                 .iter()
@@ -379,6 +403,26 @@ impl Sink {
         tracing::warn!(output = %self.id, documents = to_retry.len(), attempt, "Elasticsearch pushed back on some documents; resending them");
         *items = to_retry.iter().map(|&i| items[i]).collect();
         Attempt::Resend(format!("{} documents pushed back", items.len()))
+    }
+
+    /// Dead-letters items (positions in `joined`) too large for any bulk request.
+    fn dead_letter_oversize(&self, oversize: &[u32], joined: &Joined) {
+        let max = self.settings.batch_max_bytes;
+        let reasons: Vec<String> = oversize
+            .iter()
+            .map(|&i| {
+                format!(
+                    "bulk item of {} bytes is larger than batch_max_bytes ({max} bytes)",
+                    joined.item(i).len()
+                )
+            })
+            .collect();
+        let letters: Vec<(usize, u16, &str, &str)> = reasons
+            .iter()
+            .enumerate()
+            .map(|(pos, reason)| (pos, 0, "document_too_large", reason.as_str()))
+            .collect();
+        self.dead_letter(&letters, oversize, joined);
     }
 
     /// With `max_retries` reached, dead-letters `items` and says so.
@@ -426,6 +470,14 @@ impl Sink {
             }
         }
     }
+}
+
+/// Per-item results of a bulk reply, by position in the request.
+struct ItemOutcome<'a> {
+    to_retry: &'a [usize],
+    rejected: &'a [retry::Rejection],
+    /// `create`s answered 409: already indexed.
+    duplicates: usize,
 }
 
 /// What is left of a bulk request after the cluster's answer.
@@ -488,6 +540,32 @@ impl Joined {
         &self.bytes[start..self.ends[i] as usize]
     }
 
+    /// The items in order, cut into runs whose bodies stay within `max_bytes`, and apart the
+    /// items larger than that on their own.
+    fn partition(&self, max_bytes: usize) -> (Vec<Vec<u32>>, Vec<u32>) {
+        let mut groups = Vec::new();
+        let mut oversize = Vec::new();
+        let mut group = Vec::new();
+        let mut bytes = 0;
+        for i in 0..self.len() as u32 {
+            let len = self.item(i).len();
+            if len > max_bytes {
+                oversize.push(i);
+                continue;
+            }
+            if bytes + len > max_bytes && !group.is_empty() {
+                groups.push(std::mem::take(&mut group));
+                bytes = 0;
+            }
+            bytes += len;
+            group.push(i);
+        }
+        if !group.is_empty() {
+            groups.push(group);
+        }
+        (groups, oversize)
+    }
+
     /// A request body of `items` alone, copied out.
     fn body_of(&self, items: &[u32]) -> bytes::Bytes {
         let mut body = Vec::with_capacity(items.iter().map(|&i| self.item(i).len()).sum());
@@ -533,6 +611,8 @@ struct BatchLimits {
 /// Chunks waiting to become one bulk request.
 struct Gathering {
     chunks: Vec<Pending>,
+    /// A chunk that would have taken the request past `max_bytes`: it starts the next one.
+    held: Option<Pending>,
     events: usize,
     bytes: usize,
     /// When the oldest chunk arrived.
@@ -543,9 +623,20 @@ impl Gathering {
     fn new() -> Self {
         Gathering {
             chunks: Vec::new(),
+            held: None,
             events: 0,
             bytes: 0,
             since: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Adds a chunk, or holds it for the next request when it would take this one past
+    /// `max_bytes` (bulk bodies stay within it; a chunk larger on its own is cut up when sent).
+    fn offer(&mut self, p: Pending, limits: &BatchLimits) {
+        if !self.chunks.is_empty() && self.bytes + p.chunk.buf.len() > limits.max_bytes {
+            self.held = Some(p);
+        } else {
+            self.push(p);
         }
     }
 
@@ -565,7 +656,7 @@ impl Gathering {
             None
         } else if self.events >= limits.max_events {
             Some(Flush::Count)
-        } else if self.bytes >= limits.max_bytes {
+        } else if self.bytes >= limits.max_bytes || self.held.is_some() {
             Some(Flush::Bytes)
         } else if !open {
             Some(Flush::Closing)
@@ -579,7 +670,11 @@ impl Gathering {
     fn take(&mut self) -> Vec<Pending> {
         self.events = 0;
         self.bytes = 0;
-        std::mem::take(&mut self.chunks)
+        let taken = std::mem::take(&mut self.chunks);
+        if let Some(held) = self.held.take() {
+            self.push(held);
+        }
+        taken
     }
 }
 
@@ -622,7 +717,7 @@ pub async fn run(sink: Arc<Sink>, mut rx: mpsc::Receiver<Pending>) {
         tokio::select! {
             done = in_flight.join_next(), if !in_flight.is_empty() => reap(&sink, done),
             msg = rx.recv(), if open => match msg {
-                Some(p) => gathering.push(p),
+                Some(p) => gathering.offer(p, &limits),
                 None => open = false,
             },
             _ = tokio::time::sleep_until(flush_at), if !gathering.chunks.is_empty() => {}
@@ -1006,5 +1101,102 @@ mod tests {
             body["template"]["settings"]["index"]["lifecycle"]["name"],
             "logs-30d"
         );
+    }
+
+    #[test]
+    fn a_chunk_that_would_pass_the_byte_limit_starts_the_next_request() {
+        let limits = BatchLimits {
+            max_events: 5000,
+            max_bytes: 1000,
+            flush_interval: Duration::from_secs(60),
+        };
+        let permits = Arc::new(Semaphore::new(1000));
+        let mut g = Gathering::new();
+        g.offer(pending(6, 100, &permits), &limits);
+        assert_eq!(g.due(&limits, g.since, true), None);
+        // 600 + 500 > 1000: sent as it is, the new chunk held for the next request.
+        g.offer(pending(5, 100, &permits), &limits);
+        assert_eq!(g.due(&limits, g.since, true), Some(Flush::Bytes));
+        let first = g.take();
+        assert_eq!((first.len(), first[0].chunk.len()), (1, 6));
+        assert_eq!((g.chunks.len(), g.events, g.bytes), (1, 5, 500));
+        assert_eq!(g.due(&limits, g.since, true), None);
+        // A chunk over the limit on its own goes alone when the gathering is empty.
+        let mut g = Gathering::new();
+        g.offer(pending(3, 500, &permits), &limits);
+        assert_eq!(g.due(&limits, g.since, true), Some(Flush::Bytes));
+        assert_eq!(g.take().len(), 1);
+        assert!(g.chunks.is_empty() && g.held.is_none());
+    }
+
+    #[test]
+    fn requests_are_cut_within_the_byte_limit_and_larger_items_set_apart() {
+        let mut c = super::super::Chunk::default();
+        for len in [300, 300, 300, 1200, 500, 1000, 1] {
+            c.buf.extend(std::iter::repeat_n(b'x', len));
+            c.ends.push(c.buf.len() as u32);
+        }
+        let permits = Arc::new(Semaphore::new(100));
+        let mut batch = vec![Pending::new(
+            c,
+            permits.clone().try_acquire_many_owned(7).unwrap(),
+            Gauge::default(),
+        )];
+        let joined = Joined::new(&mut batch);
+        let (groups, oversize) = joined.partition(1000);
+        assert_eq!(groups, [vec![0, 1, 2], vec![4], vec![5], vec![6]]);
+        assert_eq!(oversize, [3]);
+        for g in &groups {
+            assert!(joined.body_of(g).len() <= 1000);
+        }
+        let (groups, oversize) = joined.partition(usize::MAX);
+        assert_eq!((groups.len(), oversize.len()), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_document_larger_than_a_bulk_request_goes_to_the_dead_letter_file() {
+        let (url, seen) = scripted_cluster(vec![
+            ("HEAD /_index_template/logs ", 200, String::new()),
+            ("POST /_bulk ", 200, r#"{"errors":false,"items":[]}"#.into()),
+        ])
+        .await;
+        let dir = tempfile::tempdir().unwrap();
+        let (sink, metrics, encoder) = sink_for(&url, "batch_max_bytes = 300", dir.path());
+        let events: Vec<Event> = ["small", &"x".repeat(400), "small too"]
+            .iter()
+            .map(|m| Event::from_message(*m, 1_795_774_502_123))
+            .collect();
+        let refs: Vec<&Event> = events.iter().collect();
+        let mut chunk = Chunk::default();
+        encoder.encode(&refs, &mut chunk);
+        let permits = Arc::new(Semaphore::new(10));
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(Pending::new(
+            chunk,
+            permits.clone().acquire_many_owned(3).await.unwrap(),
+            metrics.queued.clone(),
+        ))
+        .await
+        .unwrap();
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), run(sink, rx))
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2);
+        assert!(seen[1].1.contains("\"small\"") && seen[1].1.contains("\"small too\""));
+        assert!(seen[1].1.len() <= 300, "{}", seen[1].1.len());
+        assert_eq!((metrics.indexed.get(), metrics.dead_lettered.get()), (2, 1));
+        let letters = std::fs::read_to_string(dir.path().join("dead_letter.ndjson")).unwrap();
+        let letter: serde_json::Value = serde_json::from_str(letters.trim()).unwrap();
+        assert_eq!(letter["error"]["type"], "document_too_large");
+        assert!(
+            letter["error"]["reason"]
+                .as_str()
+                .unwrap()
+                .ends_with("is larger than batch_max_bytes (300 bytes)"),
+            "{letter}"
+        );
+        assert_eq!(letter["document"]["message"].as_str().unwrap().len(), 400);
     }
 }
