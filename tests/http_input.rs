@@ -205,10 +205,21 @@ fn gzip_bodies_and_reply_codes() {
             .as_u16(),
         405
     );
-    assert_eq!(
-        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
-        Some(0.0)
-    );
+    for (reason, n) in [
+        ("unauthorized", 2.0),
+        ("too_large", 2.0),
+        ("bad_gzip", 1.0),
+        ("method", 1.0),
+        ("queue_full", 0.0),
+    ] {
+        assert_eq!(
+            dog.metric(&format!(
+                "sheepdog_input_rejected_total{{input=\"http\",reason=\"{reason}\"}}"
+            )),
+            Some(n),
+            "{reason}"
+        );
+    }
 }
 
 #[test]
@@ -251,7 +262,7 @@ fn a_full_queue_holds_requests_for_queue_wait_then_answers_429() {
         "answered after {waited:?}"
     );
     assert_eq!(
-        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
+        dog.metric("sheepdog_input_rejected_total{input=\"http\",reason=\"queue_full\"}"),
         Some(1.0)
     );
 }
@@ -387,7 +398,7 @@ queue_max_events = 1
     assert_eq!(resp.status().as_u16(), 429);
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_eq!(
-        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
+        dog.metric("sheepdog_input_rejected_total{input=\"http\",reason=\"queue_full\"}"),
         Some(1.0)
     );
     assert_eq!(
