@@ -8,3 +8,6 @@ mod common;
 
 #[path = "hostile/harness.rs"]
 mod harness;
+
+#[path = "hostile/http.rs"]
+mod http;
