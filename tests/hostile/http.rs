@@ -195,7 +195,7 @@ fn post_until_taken(url: &str, body: Vec<u8>, deadline: Instant) -> (bool, usize
             Some((200, _)) => return (true, partial),
             Some((_, accepted)) if accepted > 0 => {
                 partial += 1;
-                let cut = rest
+                let cut: usize = rest
                     .split_inclusive(|b| *b == b'\n')
                     .take(accepted as usize)
                     .map(|l| l.len())
