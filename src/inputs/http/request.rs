@@ -331,7 +331,7 @@ fn reply(shared: &Shared, outcome: Result<(), Refusal>, progress: &Progress) -> 
 }
 
 /// Bytes held for a request with their charge on the memory budget, which covers the
-/// buffer's capacity.
+/// buffer's capacity (or, for a body of announced length, the bytes received so far).
 struct Held {
     buf: Vec<u8>,
     charge: Charge,
@@ -405,6 +405,12 @@ async fn read_body(
     clock: &mut Clock,
 ) -> Result<Held, Refusal> {
     let mut held = Held::new(&shared.budget);
+    if let Some(len) = announced {
+        // One allocation of the announced length, no copies as it fills. Its pages become
+        // resident only as bytes are written, so the charge follows the bytes received: a
+        // client announcing much and sending little holds only what it sent.
+        held.buf.reserve_exact(len);
+    }
     let most = announced.unwrap_or(shared.limit).min(shared.limit);
     loop {
         let started = Instant::now();
@@ -425,7 +431,11 @@ async fn read_body(
         if held.buf.len() + data.len() > shared.limit {
             return Err(Refusal::TooLarge);
         }
-        held.make_room(data.len(), most, shared, clock).await?;
+        if announced.is_some() && held.buf.len() + data.len() <= held.buf.capacity() {
+            grow(&mut held.charge, data.len(), shared, clock).await?;
+        } else {
+            held.make_room(data.len(), most, shared, clock).await?;
+        }
         held.buf.extend_from_slice(&data);
         shared.metrics.bytes_in.add(data.len() as u64);
     }
@@ -460,8 +470,9 @@ async fn queue_documents(
     clock: &mut Clock,
     progress: &mut Progress,
 ) -> Result<(), Refusal> {
-    let mut docs = Documents::new(body).peekable();
-    let mut decoder = super::Decoder::new(Documents::new(body).body(), now_ms());
+    let docs = Documents::new(body);
+    let mut decoder = super::Decoder::new(docs.body(), now_ms());
+    let mut docs = docs.peekable();
     let most = shared.queue.capacity().min(CHUNK_EVENTS);
     // A chunk takes at most an eighth of the budget, so concurrent bodies share it.
     let share = shared.budget.limit() / 8;
