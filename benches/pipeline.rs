@@ -117,7 +117,7 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("filter_{}", stage.id), |b| {
             b.iter_batched_ref(
                 || decoded.clone(),
-                |events: &mut Vec<Event>| stage.apply_batch(events),
+                |events: &mut Vec<Event>| stage.apply_batch(events, &mut Vec::new()),
                 BatchSize::LargeInput,
             )
         });
@@ -135,7 +135,7 @@ fn bench(c: &mut Criterion) {
                     for batch in &mut owned {
                         s.spawn(move || {
                             for _ in 0..iters {
-                                spend.apply_batch(batch);
+                                spend.apply_batch(batch, &mut Vec::new());
                             }
                         });
                     }
@@ -149,7 +149,7 @@ fn bench(c: &mut Criterion) {
             || decoded.clone(),
             |events: &mut Vec<Event>| {
                 for stage in &stages {
-                    stage.apply_batch(events);
+                    stage.apply_batch(events, &mut Vec::new());
                 }
             },
             BatchSize::LargeInput,
@@ -158,7 +158,7 @@ fn bench(c: &mut Criterion) {
 
     let mut filtered = decoded.clone();
     for stage in &stages {
-        stage.apply_batch(&mut filtered);
+        stage.apply_batch(&mut filtered, &mut Vec::new());
     }
     let enriched = filtered
         .iter()

@@ -34,9 +34,10 @@ fn stage_decode(body: &[u8], tags: &[&str]) -> Vec<Event> {
 }
 
 #[inline(never)]
-fn stage_filters(stages: &[FilterStage], events: &mut [Event]) {
+fn stage_filters(stages: &[FilterStage], events: &mut Vec<Event>) {
+    let mut panicked = Vec::new();
     for stage in stages {
-        stage.apply_batch(events);
+        stage.apply_batch(events, &mut panicked);
     }
 }
 

@@ -458,7 +458,13 @@ mod tests {
         assert!(none.is_none());
         assert!(started.elapsed() >= Duration::from_millis(50));
         let err = budget.charge(101, Use::HttpBody).await.unwrap_err();
-        assert_eq!(err, TooLarge { bytes: 101, limit: 100 });
+        assert_eq!(
+            err,
+            TooLarge {
+                bytes: 101,
+                limit: 100
+            }
+        );
         assert!(budget
             .charge_within(101, Use::HttpBody, Duration::ZERO)
             .await

@@ -19,6 +19,7 @@ pub mod offline;
 pub mod outputs;
 pub mod pipeline;
 pub mod queue;
+pub mod reload;
 pub mod status;
 pub mod template;
 
@@ -72,7 +73,26 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let mut ctx = BuildContext::new(config.pipeline.data_dir.clone(), shutdown);
     ctx.verify = Verify::Background;
-    pipeline::run(config, ctx).await
+    pipeline::run(config, ctx, None).await
+}
+
+/// [`run`], re-reading the pipeline file at `path` (whose text `text` was parsed into `config`)
+/// each time `reload` receives a message.
+pub async fn run_reloadable(
+    config: config::PipelineConfig,
+    shutdown: CancellationToken,
+    path: PathBuf,
+    text: String,
+    reload: tokio::sync::mpsc::Receiver<()>,
+) -> anyhow::Result<()> {
+    let mut ctx = BuildContext::new(config.pipeline.data_dir.clone(), shutdown);
+    ctx.verify = Verify::Background;
+    let source = pipeline::ReloadSource {
+        path,
+        text,
+        requests: reload,
+    };
+    pipeline::run(config, ctx, Some(source)).await
 }
 
 /// A pipeline file that parsed and validated: the configuration, its warnings, and the filter

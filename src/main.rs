@@ -52,6 +52,31 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DeadLetterAction {
+    /// Print each store's documents grouped by reason, with the first and last time seen.
+    List {
+        /// Pipeline TOML file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this output's store (its `id`).
+        #[arg(long)]
+        output: Option<String>,
+    },
+    /// Send the stored documents to the cluster again; exit 1 when some could not be sent now.
+    Replay {
+        /// Pipeline TOML file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Only this output's store (its `id`).
+        #[arg(long)]
+        output: Option<String>,
+        /// Only documents whose reason (as `list` prints it) contains this text.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the daemon on a pipeline file until SIGINT or SIGTERM, then drain and flush.
     Run {
@@ -61,6 +86,13 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long)]
         log_json: bool,
+    },
+    /// The Elasticsearch outputs' dead-letter stores: `list` groups the refused documents by
+    /// reason, `replay` sends them to the cluster again (after a mapping was fixed); a replayed
+    /// document leaves the store only once indexed.
+    DeadLetter {
+        #[command(subcommand)]
+        action: DeadLetterAction,
     },
     /// Validate a pipeline file: print every problem as file:line:column with a hint; exit 1
     /// when there is an error, 0 when the file is fine (warnings allowed).
@@ -93,8 +125,11 @@ enum Command {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHEEPDOG_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    // Colours only for a person at a terminal: journald, files and pipes get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();
@@ -123,8 +158,22 @@ async fn wait_for_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// Turns each SIGHUP into a reload request; hangups while one is pending fold into it.
+async fn forward_hangups(requests: tokio::sync::mpsc::Sender<()>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    while hangups.recv().await.is_some() {
+        if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = requests.try_send(()) {
+            return;
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
+    // A panic a filter stage catches is logged once by the stage; any other is printed as
+    // the default hook prints it.
+    sheepdog::filters::panics::install_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match load(&config, sheepdog::Verify::Now) {
@@ -143,9 +192,25 @@ fn main() -> ExitCode {
         Command::Test { config, files } => {
             ExitCode::from(sheepdog::offline::suite::command(&config, &files))
         }
+        Command::DeadLetter { action } => {
+            use sheepdog::offline::dead_letter::{command, Action};
+            let code = match action {
+                DeadLetterAction::List { config, output } => {
+                    command(&config, output.as_deref(), Action::List)
+                }
+                DeadLetterAction::Replay {
+                    config,
+                    output,
+                    reason,
+                } => command(&config, output.as_deref(), Action::Replay { reason }),
+            };
+            ExitCode::from(code)
+        }
         Command::Tap { config } => ExitCode::from(sheepdog::offline::tap::command(&config)),
         Command::Run { config, log_json } => {
             init_logging(log_json);
+            // The text the running pipeline was built from, for reloads to compare with.
+            let text = std::fs::read_to_string(&config).unwrap_or_default();
             let (cfg, warnings) = match load(&config, sheepdog::Verify::Background) {
                 Ok(v) => v,
                 Err(text) => {
@@ -163,7 +228,9 @@ fn main() -> ExitCode {
             let result = runtime.block_on(async move {
                 let token = CancellationToken::new();
                 tokio::spawn(wait_for_signal(token.clone()));
-                sheepdog::run(cfg, token).await
+                let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+                tokio::spawn(forward_hangups(reload_tx));
+                sheepdog::run_reloadable(cfg, token, config, text, reload_rx).await
             });
             match result {
                 Ok(()) => ExitCode::SUCCESS,

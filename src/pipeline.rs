@@ -5,6 +5,7 @@
 use crate::condition::Condition;
 use crate::config::problem::{PathSeg, Problem};
 use crate::config::PipelineConfig;
+use crate::filters::panics::DeadLetters;
 use crate::filters::{BuildState, FilterStage};
 use crate::outputs::{Output, OutputConfig};
 use crate::queue::{self, QueueReceiver};
@@ -166,41 +167,76 @@ fn worker_count(configured: usize) -> usize {
     }
 }
 
-async fn worker(
+/// What every filter worker shares.
+#[derive(Clone)]
+struct Worker {
     queue: Arc<QueueReceiver>,
-    stages: Arc<Vec<FilterStage>>,
+    chain: tokio::sync::watch::Receiver<crate::reload::Chain>,
     outputs: Arc<Vec<OutputSlot>>,
+    /// Where events a stage panicked on go.
+    dead_letters: Arc<DeadLetters>,
     events_out: crate::metrics::Counter,
-) {
-    // A stage still loading (the GeoIP database is verified after the inputs bind) holds the
-    // first batch back; the bounded queue fills meanwhile, then inputs push back (HTTP 429).
-    for stage in stages.iter() {
-        if let Some(ready) = stage.ready() {
-            ready.await;
-        }
-    }
-    while let Some(mut batch) = queue.recv().await {
-        for stage in stages.iter() {
-            stage.apply_batch(&mut batch.events);
-        }
-        for slot in outputs.iter() {
-            let refs: Vec<&crate::event::Event> = match &slot.when {
-                None => batch.events.iter().collect(),
-                Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
-            };
-            if !refs.is_empty() {
-                slot.output.submit(&refs).await;
+}
+
+impl Worker {
+    /// Takes batches until the queue closes: every stage over the batch, then each output
+    /// whose `when` matches.
+    async fn run(self) {
+        // A stage still loading (the GeoIP database is verified after the inputs bind) holds
+        // the first batch back; the bounded queue fills meanwhile, then inputs push back (429).
+        // A reloaded chain was built complete.
+        let first = self.chain.borrow().clone();
+        for stage in first.iter() {
+            if let Some(ready) = stage.ready() {
+                ready.await;
             }
         }
-        events_out.add(batch.events.len() as u64);
-        // Dropping the batch returns its share of the queue's capacity.
+        drop(first);
+        let mut panicked = Vec::new();
+        while let Some(mut batch) = self.queue.recv().await {
+            // The chain for this batch: a reload between batches takes effect at the next one.
+            let stages = self.chain.borrow().clone();
+            for stage in stages.iter() {
+                stage.apply_batch(&mut batch.events, &mut panicked);
+            }
+            if !panicked.is_empty() {
+                self.dead_letters.write(&panicked);
+                panicked.clear();
+            }
+            for slot in self.outputs.iter() {
+                let refs: Vec<&crate::event::Event> = match &slot.when {
+                    None => batch.events.iter().collect(),
+                    Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
+                };
+                if !refs.is_empty() {
+                    slot.output.submit(&refs).await;
+                }
+            }
+            self.events_out.add(batch.events.len() as u64);
+            // Dropping the batch returns its share of the queue's capacity.
+        }
     }
 }
 
+/// Where a running pipeline re-reads its file from, and when.
+pub struct ReloadSource {
+    pub path: std::path::PathBuf,
+    /// The file as `config` was parsed from it.
+    pub text: String,
+    /// One message per reload request (SIGHUP).
+    pub requests: tokio::sync::mpsc::Receiver<()>,
+}
+
 /// Runs the pipeline until `ctx.shutdown` is cancelled, then drains it.
-pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()> {
+pub async fn run(
+    config: PipelineConfig,
+    ctx: BuildContext,
+    reload: Option<ReloadSource>,
+) -> anyhow::Result<()> {
     ctx.budget.set_limit(config.pipeline.memory_limit);
     let stages = Arc::new(checked_filters(&config, &ctx)?);
+    let filters = stages.len();
+    let (chain_tx, chain) = tokio::sync::watch::channel(stages);
     let (outputs, output_tasks, status) = start_outputs(&config, &ctx).await?;
     let outputs = Arc::new(outputs);
     let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
@@ -209,17 +245,17 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
         "Events that passed the filter chain and were handed to outputs",
         &[],
     );
+    let worker = Worker {
+        queue: queue_rx,
+        chain,
+        outputs: outputs.clone(),
+        dead_letters: Arc::new(DeadLetters::in_dir(&ctx.data_dir)),
+        events_out,
+    };
     let workers: Vec<JoinHandle<()>> = (0..worker_count(config.pipeline.workers))
-        .map(|_| {
-            tokio::spawn(worker(
-                queue_rx.clone(),
-                stages.clone(),
-                outputs.clone(),
-                events_out.clone(),
-            ))
-        })
+        .map(|_| tokio::spawn(worker.clone().run()))
         .collect();
-    drop(queue_rx);
+    drop(worker);
 
     let mut input_tasks = Vec::new();
     for stage in &config.inputs {
@@ -238,12 +274,12 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
     };
     tracing::info!(
         inputs = config.inputs.len(),
-        filters = stages.len(),
+        filters,
         outputs = outputs.len(),
         "sheepdog ready"
     );
 
-    ctx.shutdown.cancelled().await;
+    wait_for_shutdown(&ctx, chain_tx, reload).await;
     let running = Running {
         input_tasks,
         workers,
@@ -251,8 +287,35 @@ pub async fn run(config: PipelineConfig, ctx: BuildContext) -> anyhow::Result<()
         output_tasks,
         api_task,
     };
-    running.drain(config.pipeline.shutdown_timeout).await;
+    running
+        .drain(config.pipeline.shutdown_timeout, &ctx.metrics)
+        .await;
     Ok(())
+}
+
+/// Waits for shutdown, reloading the pipeline file on each request meanwhile.
+async fn wait_for_shutdown(
+    ctx: &BuildContext,
+    chain: tokio::sync::watch::Sender<crate::reload::Chain>,
+    reload: Option<ReloadSource>,
+) {
+    let Some(mut source) = reload else {
+        ctx.shutdown.cancelled().await;
+        return;
+    };
+    let mut reloader = crate::reload::Reloader::new(source.path, source.text, chain, ctx);
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            request = source.requests.recv() => match request {
+                Some(()) => reloader.reload().await,
+                None => {
+                    ctx.shutdown.cancelled().await;
+                    return;
+                }
+            },
+        }
+    }
 }
 
 /// Validates the whole configuration (logging its warnings) and returns the compiled filter
@@ -374,6 +437,21 @@ fn pipeline_queue(
     (queue_tx, queue_rx)
 }
 
+/// Events still in the pipeline queue (or with the workers), and held by outputs.
+fn undelivered(metrics: &crate::metrics::Registry) -> (i64, i64) {
+    let sum = |name: &str| -> i64 {
+        metrics
+            .series(name)
+            .into_iter()
+            .map(|(_, v)| v as i64)
+            .sum()
+    };
+    (
+        sum("sheepdog_queue_events"),
+        sum("sheepdog_es_queued_events"),
+    )
+}
+
 /// The tasks of a started pipeline, in the order shutdown ends them.
 struct Running {
     input_tasks: Tasks,
@@ -386,7 +464,7 @@ struct Running {
 impl Running {
     /// Stops the inputs, lets the workers drain the queue, then lets the outputs flush, all
     /// within `timeout`.
-    async fn drain(self, timeout: Duration) {
+    async fn drain(self, timeout: Duration, metrics: &crate::metrics::Registry) {
         let deadline = tokio::time::Instant::now() + timeout;
         tracing::info!(timeout = ?timeout, "shutting down: stopping inputs, draining the queue");
         for (id, task) in self.input_tasks {
@@ -402,13 +480,123 @@ impl Running {
         drop(self.outputs);
         for (id, task) in self.output_tasks {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
-                tracing::warn!(output = %id, "output did not flush before the shutdown deadline; undelivered events are lost");
+                tracing::warn!(output = %id, "output did not flush before the shutdown deadline");
             }
+        }
+        let (queued, in_outputs) = undelivered(metrics);
+        if queued + in_outputs > 0 {
+            tracing::error!(
+                queued,
+                in_outputs,
+                "shutdown deadline passed with events not delivered; they are lost (the memory queue keeps nothing across restarts)"
+            );
         }
         if let Some(api) = self.api_task {
             api.abort();
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         tracing::info!(spare = ?remaining.min(Duration::from_secs(3600)), "sheepdog stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Event, FieldPath};
+    use crate::filters::Filter;
+    use crate::outputs::BoxFuture;
+    use serde_json::{json, Value};
+    use std::sync::Mutex;
+    use tokio_util::sync::CancellationToken;
+
+    /// Panics on the event whose `n` is 2 (test-only: no configuration reaches it).
+    struct PanicOnTwo;
+
+    impl Filter for PanicOnTwo {
+        fn apply(&self, event: &mut Event) -> bool {
+            if event.fields()["n"] == json!(2) {
+                panic!("cannot handle n = 2");
+            }
+            event.insert(&FieldPath::top("checked"), json!(true));
+            true
+        }
+    }
+
+    /// Keeps what it is handed.
+    #[derive(Default)]
+    struct Capture(Mutex<Vec<Value>>);
+
+    impl crate::outputs::Output for Arc<Capture> {
+        fn submit<'a>(&'a self, events: &'a [&'a Event]) -> BoxFuture<'a, ()> {
+            let mut seen = self.0.lock().unwrap();
+            seen.extend(events.iter().map(|e| Value::Object(e.fields().to_map())));
+            Box::pin(async {})
+        }
+    }
+
+    fn batch(ns: std::ops::Range<i64>) -> Vec<Event> {
+        ns.map(|n| Event::from_map(json!({"n": n}).as_object().unwrap().clone(), 0))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_filter_panic_dead_letters_its_event_and_the_worker_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = BuildContext::new(dir.path().to_path_buf(), CancellationToken::new());
+        let stage = FilterStage::new("picky".into(), None, Box::new(PanicOnTwo), &ctx);
+        let capture = Arc::new(Capture::default());
+        let (tx, rx) = queue::bounded(
+            100,
+            100,
+            ctx.metrics.gauge("sheepdog_test_queue_events", "q", &[]),
+        );
+        let (_chain_tx, chain) = tokio::sync::watch::channel(Arc::new(vec![stage]));
+        let worker = Worker {
+            queue: rx,
+            chain,
+            outputs: Arc::new(vec![OutputSlot {
+                when: None,
+                output: Box::new(capture.clone()),
+            }]),
+            dead_letters: Arc::new(DeadLetters::in_dir(dir.path())),
+            events_out: ctx.metrics.counter("sheepdog_test_out_total", "out", &[]),
+        };
+        let task = tokio::spawn(worker.run());
+        let source: Arc<str> = Arc::from("test");
+        let mut charge = crate::budget::Charge::none();
+        tx.send(&source, batch(0..5), &mut charge).await.unwrap();
+        tx.send(&source, batch(10..13), &mut charge).await.unwrap();
+        drop(tx);
+        task.await
+            .expect("the worker ends when the queue closes, not by a panic");
+
+        let seen: Vec<Value> = capture.0.lock().unwrap().clone();
+        let ns: Vec<i64> = seen.iter().map(|e| e["n"].as_i64().unwrap()).collect();
+        assert_eq!(
+            ns,
+            [0, 1, 3, 4, 10, 11, 12],
+            "every other event, both batches"
+        );
+        assert!(seen.iter().all(|e| e["checked"] == json!(true)));
+
+        let text = std::fs::read_to_string(dir.path().join("filter_dead_letter.ndjson")).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines[0]["stage"], "picky");
+        assert_eq!(lines[0]["error"]["type"], "panic");
+        let reason = lines[0]["error"]["reason"].as_str().unwrap();
+        assert!(reason.starts_with("cannot handle n = 2"), "{reason}");
+        assert_eq!(
+            lines[0]["document"],
+            json!({"@timestamp": "1970-01-01T00:00:00.000Z", "n": 2})
+        );
+        assert_eq!(
+            ctx.metrics
+                .value("sheepdog_filter_panics_total", &[("stage", "picky")]),
+            Some(1.0)
+        );
     }
 }

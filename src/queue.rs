@@ -337,7 +337,9 @@ mod tests {
         tx.try_send(&src, events(9), &mut Charge::none()).unwrap();
         assert_eq!(tx.depth(), 9);
         assert_eq!(depth.get(), 9);
-        assert!(matches!(tx.try_send(&src, events(2), &mut Charge::none()), Err(QueueError::Full(e)) if e.len() == 2));
+        assert!(
+            matches!(tx.try_send(&src, events(2), &mut Charge::none()), Err(QueueError::Full(e)) if e.len() == 2)
+        );
         let b1 = rx.recv().await.unwrap();
         assert_eq!(b1.events.len(), 4);
         drop(b1);
@@ -377,12 +379,17 @@ mod tests {
         assert_eq!(tx.depth(), 8);
         // ...and nothing is queued when it is not.
         let r = tx.try_reserve(1).unwrap();
-        assert!(matches!(r.send(&src, events(4), &mut Charge::none()), Err(QueueError::Full(e)) if e.len() == 4));
+        assert!(
+            matches!(r.send(&src, events(4), &mut Charge::none()), Err(QueueError::Full(e)) if e.len() == 4)
+        );
         assert_eq!(tx.depth(), 8, "the failed reservation was given back");
         let r = tx.try_reserve(2).unwrap();
         drop(r);
         assert_eq!(tx.depth(), 8);
-        tx.try_reserve(0).unwrap().send(&src, Vec::new(), &mut Charge::none()).unwrap();
+        tx.try_reserve(0)
+            .unwrap()
+            .send(&src, Vec::new(), &mut Charge::none())
+            .unwrap();
         let mut sizes = Vec::new();
         while tx.depth() > 0 {
             let b = rx.recv().await.unwrap();
@@ -426,7 +433,11 @@ mod tests {
     async fn send_waits_for_room_and_chunks_oversized_input() {
         let (tx, rx) = bounded(3, 2, Gauge::default());
         let src: Arc<str> = Arc::from("test");
-        let sender = tokio::spawn(async move { tx.send(&src, events(7), &mut Charge::none()).await.map_err(|_| ()) });
+        let sender = tokio::spawn(async move {
+            tx.send(&src, events(7), &mut Charge::none())
+                .await
+                .map_err(|_| ())
+        });
         let mut got = 0;
         while got < 7 {
             let b = rx.recv().await.unwrap();

@@ -260,11 +260,9 @@ fn retention_deletes_exactly_the_expired_daily_indices() {
     let mut want: Vec<String> = kept.to_vec();
     want.sort();
     assert_eq!(index_names(&osmem), want, "{}", dog.log());
-    // The log is coloured: drop the escape sequences.
-    let log = regex::Regex::new(r"\x1b\[[0-9;]*m")
-        .unwrap()
-        .replace_all(&dog.log(), "")
-        .into_owned();
+    // Logging to a pipe is plain text: no colour escapes.
+    let log = dog.log();
+    assert!(!log.contains('\x1b'), "{log}");
     let cutoff = (chrono::Utc::now().date_naive() - chrono::Duration::days(30)).to_string();
     for name in &expired {
         let date = chrono::NaiveDate::parse_from_str(&name["holysheep-logs-".len()..], "%Y.%m.%d")
@@ -341,4 +339,42 @@ fn ilm_policy_refused_by_a_cluster_without_ilm_is_reported() {
         osmem.wait_count(&index_on(0), 1, Duration::from_secs(30)),
         1
     );
+}
+
+#[test]
+fn a_shutdown_deadline_that_passes_logs_how_many_events_were_not_delivered() {
+    // Nothing listens on the cluster's port: every event stays with the output.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let shipped = std::fs::read_to_string(common::repo_root().join("pipelines/holysheep.toml"))
+        .unwrap()
+        .replacen("shutdown_timeout = \"30s\"", "shutdown_timeout = \"2s\"", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("short-deadline.toml");
+    std::fs::write(&config, shipped).unwrap();
+    let mut dog = Sheepdog::start(&config, &[("ES_HOSTS", dead.as_str())]);
+    let events: Vec<Value> = (0..25)
+        .map(|i| json!({"request_id": format!("held-{i}"), "model": "m", "cost_usd": 0.1}))
+        .collect();
+    let (code, text) = dog.post(ndjson(&events), "application/x-ndjson");
+    assert_eq!(code, 200, "{text}");
+    dog.stop();
+    let log = dog.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("shutdown deadline passed with events not delivered"))
+        .unwrap_or_else(|| panic!("no count of undelivered events:\n{log}"));
+    let number = |key: &str| -> i64 {
+        let at = line
+            .find(&format!("{key}="))
+            .unwrap_or_else(|| panic!("{line}"))
+            + key.len()
+            + 1;
+        line[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(number("queued") + number("in_outputs"), 25, "{line}");
 }

@@ -9,5 +9,8 @@ mod common;
 #[path = "hostile/harness.rs"]
 mod harness;
 
+#[path = "hostile/beats.rs"]
+mod beats;
+
 #[path = "hostile/http.rs"]
 mod http;

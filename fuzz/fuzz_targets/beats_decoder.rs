@@ -8,11 +8,12 @@
 mod codec;
 
 use bytes::BytesMut;
-use codec::{BeatsCodec, Body, Frame};
+use codec::{BeatsCodec, Body, Frame, Limits};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 
-/// Small enough that zlib bombs and huge announced lengths are cheap to reject.
+/// Small enough that zlib bombs and huge announced lengths are cheap to reject (frames and
+/// inflated windows alike).
 const MAX_FRAME: usize = 64 * 1024;
 
 #[derive(Debug, PartialEq)]
@@ -42,7 +43,7 @@ fn flatten(frame: Frame, out: &mut Vec<Item>) {
 /// Decodes `data`, delivered as `data[..cut]` then the rest; returns the items and the kind
 /// of the error that ended the stream, if any.
 fn decode(data: &[u8], cut: usize) -> (Vec<Item>, Option<&'static str>) {
-    let mut codec = BeatsCodec::new(MAX_FRAME);
+    let mut codec = BeatsCodec::new(Limits::frames_of(MAX_FRAME));
     let mut buf = BytesMut::from(&data[..cut]);
     let mut items = Vec::new();
     loop {

@@ -1,11 +1,12 @@
 //! The pipeline TOML: loading, `${VAR}` substitution, structure (unknown keys are errors) and
 //! locating every problem at file:line:column in one pass. Component configs live beside their
 //! components (`inputs/`, `filters/`, `outputs/`); this module only dispatches on `type`, and
-//! components import only its leaf modules `de` and `problem`, never this one.
+//! components import only its leaf modules `de`, `problem` and `secret`, never this one.
 
 pub mod de;
 pub mod env;
 pub mod problem;
+pub mod secret;
 
 use de::deserialize_at;
 use problem::{did_you_mean, PathSeg, Problem};

@@ -159,3 +159,51 @@ fn metrics_stage_from_toml_validates_and_locates_its_problems() {
         )]
     );
 }
+
+#[test]
+fn secrets_never_show_in_a_printed_config_or_its_problems() {
+    let text = r#"
+[[inputs]]
+type = "http"
+address = "127.0.0.1:0"
+token = "t0ken-4411"
+
+[[inputs]]
+type = "http"
+id = "basic"
+address = "127.0.0.1:0"
+user = "app"
+password = "pw-4412"
+
+[[outputs]]
+type = "elasticsearch"
+hosts = "http://elastic:url-pw-4413@es:9200"
+index = "x"
+
+[[outputs]]
+type = "elasticsearch"
+id = "keyed"
+hosts = "http://es:9200"
+index = "x"
+api_key = "key-4414"
+
+[[outputs]]
+type = "email"
+to = "ops@example.com"
+username = "u"
+password = "smtp-4415"
+"#;
+    let (config, _) = parse_str(text).unwrap_or_else(|e| panic!("{e}"));
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("441"), "{debug}");
+    assert!(debug.contains("[redacted]"), "{debug}");
+
+    // A secret written as a number is refused without quoting it back.
+    let text = text.replace("\"pw-4412\"", "4412");
+    let errors = parse_str(&text).unwrap_err().to_string();
+    assert!(
+        errors.contains("inputs[1].password: a secret must be a string, not a number"),
+        "{errors}"
+    );
+    assert!(!errors.contains("441"), "{errors}");
+}

@@ -2,6 +2,7 @@
 //! go through the compiled stages as a filter worker runs them, and instead of being sent each
 //! is routed: the outputs whose `when` holds for it and the Elasticsearch index it would go to.
 
+pub mod dead_letter;
 pub mod spec;
 pub mod split;
 pub mod suite;
@@ -80,10 +81,21 @@ impl Chain {
         self.routes.iter().any(|r| r.id == id)
     }
 
-    /// Runs every stage over the batch, as a filter worker does.
-    pub fn apply(&self, events: &mut [Event]) {
+    /// Runs every stage over the batch, as a filter worker does. An event a stage panicked on
+    /// leaves the batch and is printed to stderr as the daemon's dead-letter line.
+    pub fn apply(&self, events: &mut Vec<Event>) {
+        let mut panicked = Vec::new();
         for stage in &self.stages {
-            stage.apply_batch(events);
+            stage.apply_batch(events, &mut panicked);
+        }
+        for p in &panicked {
+            let mut line = Vec::new();
+            crate::filters::panics::encode_line(p, crate::event::now_ms(), &mut line);
+            eprint!(
+                "filter stage `{}` panicked on an event: {}",
+                p.stage,
+                String::from_utf8_lossy(&line)
+            );
         }
     }
 

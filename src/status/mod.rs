@@ -318,7 +318,11 @@ impl Sources {
                 "rss_bytes": rss_bytes(),
                 "queue_events": gauge("sheepdog_queue_events"),
                 "output_events": gauge("sheepdog_es_queued_events"),
-                "note": "no memory budget is configured: RSS is the whole process, queues are counted in events",
+                "budget_bytes": gauge("sheepdog_memory_budget_limit_bytes"),
+                "budget_used_bytes": by_label(m, "sheepdog_memory_budget_used_bytes", "use")
+                    .into_iter()
+                    .map(|(u, v)| (u, json!(v as i64)))
+                    .collect::<serde_json::Map<String, Value>>(),
             },
             "components": health.components,
             "elasticsearch": self.elasticsearch(&health.components),

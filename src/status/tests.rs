@@ -177,6 +177,20 @@ fn bad_settings_are_reported_with_their_keys() {
 }
 
 #[test]
+fn memory_shows_the_budget_and_what_holds_it() {
+    let clock = ManualClock::new(0);
+    let s = sources(&clock, &Settings::default());
+    let budget = crate::budget::MemoryBudget::new(1 << 20, &s.metrics);
+    let _held = budget
+        .try_charge(4096, crate::budget::Use::HttpBody)
+        .unwrap();
+    let j = s.snapshot();
+    assert_eq!(j["memory"]["budget_bytes"], json!(1 << 20));
+    assert_eq!(j["memory"]["budget_used_bytes"]["http_body"], json!(4096));
+    assert_eq!(j["memory"]["budget_used_bytes"]["queue"], json!(0));
+}
+
+#[test]
 fn rss_is_parsed_from_proc_status() {
     assert_eq!(
         parse_rss("Name:\tsheepdog\nVmRSS:\t   20480 kB\nVmSwap: 0 kB\n"),

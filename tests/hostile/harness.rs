@@ -28,7 +28,8 @@ impl Target {
     pub fn start(env: &[(&str, &str)]) -> Target {
         let es = Osmem::start();
         let budget = format!("{BUDGET_MIB}MiB");
-        let mut all: Vec<(&str, &str)> = vec![("ES_HOSTS", es.url.as_str()), ("MEMORY_LIMIT", &budget)];
+        let mut all: Vec<(&str, &str)> =
+            vec![("ES_HOSTS", es.url.as_str()), ("MEMORY_LIMIT", &budget)];
         all.extend_from_slice(env);
         let dog = Sheepdog::start("pipelines/holysheep.toml", &all);
         Target { es, dog }
@@ -47,7 +48,11 @@ impl Target {
             .get(format!("{}/health", self.dog.api_url))
             .send()
             .is_ok();
-        assert!(alive, "{attack}: the daemon stopped answering:\n{}", self.dog.log());
+        assert!(
+            alive,
+            "{attack}: the daemon stopped answering:\n{}",
+            self.dog.log()
+        );
         assert!(
             peak <= BUDGET_MIB + MARGIN_MIB,
             "{attack}: peak RSS {peak} MiB exceeds the {BUDGET_MIB} MiB budget + {MARGIN_MIB} MiB margin"

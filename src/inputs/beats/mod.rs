@@ -10,16 +10,19 @@
 //! (legacy key/value strings) becomes an event of string fields, `line` renamed to `message`.
 
 pub mod codec;
+mod limits;
 pub mod tls;
 
+use crate::budget::{self, Charge, MemoryBudget, Use};
 use crate::config::de;
 use crate::config::problem::Problem;
 use crate::event::{now_ms, Event, Fields, Receipt, SharedValue};
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::queue::QueueSender;
 use crate::BuildContext;
-use codec::{BeatsCodec, Body, Frame, ProtocolError, RawEvent};
+use codec::{BeatsCodec, Body, Frame, Limits, ProtocolError, RawEvent};
 use futures_util::StreamExt;
+use limits::{Counted, FrameRate, PerClient, Trickle};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::net::SocketAddr;
@@ -50,6 +53,15 @@ pub struct Config {
         deserialize_with = "de::from_str_or_value"
     )]
     pub max_connections: usize,
+    /// Connections served at once from one client IP address; more are closed as soon as
+    /// they are accepted. Default 64: a Filebeat opens one connection per `worker` (default 1)
+    /// and host, so 64 leaves room for a NAT gateway in front of a few dozen hosts while one
+    /// address cannot take more than a sixteenth of the default `max_connections`.
+    #[serde(
+        default = "d_max_connections_per_client",
+        deserialize_with = "de::from_str_or_value"
+    )]
+    pub max_connections_per_client: usize,
     /// A connection that sends nothing for this long is closed (Logstash's
     /// `client_inactivity_timeout`). Time spent waiting for queue room does not count.
     /// Default `60s`.
@@ -59,13 +71,29 @@ pub struct Config {
     /// timeout (Filebeat: 30 s) is reset. Default `5s`.
     #[serde(default = "d_keepalive", deserialize_with = "de::duration")]
     pub keepalive_interval: Duration,
-    /// Largest frame on the wire and largest inflated compressed frame. Default `64MiB`
-    /// (a Filebeat window of 2048 typical events inflates to about 2.5 MB).
+    /// Largest frame on the wire, compressed or not, and largest event frame inside a
+    /// compressed one, in bytes. Default `64MiB`. A header reserves nothing: a frame holds only
+    /// the bytes that arrived.
     #[serde(default = "d_max_frame", deserialize_with = "de::bytes")]
     pub max_frame_size: u64,
+    /// Most bytes the compressed frames of one window may inflate to; a window inflating to
+    /// more closes the connection. Default `64MiB`: a Filebeat window of 2048 typical events
+    /// inflates to about 2.4 MB, and 64 MiB leaves room for 2048 events of 32 KB. Compressed
+    /// frames are inflated as a stream, so this bounds work, not memory held at once.
+    #[serde(default = "d_max_window_bytes", deserialize_with = "de::bytes")]
+    pub max_window_bytes: u64,
     /// Largest window a client may announce, in events. Default 16384 (Filebeat sends 2048).
     #[serde(default = "d_max_window", deserialize_with = "de::from_str_or_value")]
     pub max_window_size: u32,
+    /// A frame still arriving after `frame_rate_grace` is closed unless its bytes have come at
+    /// this average rate or faster since its first byte, in bytes per second; `0` turns the
+    /// check off. Default `1KiB` (a Filebeat window of about 400 KB compressed then takes at
+    /// most 6.5 minutes). Idle time between frames is `client_inactivity_timeout`'s.
+    #[serde(default = "d_min_frame_rate", deserialize_with = "de::bytes")]
+    pub min_frame_rate: u64,
+    /// How long a frame may arrive at any rate before `min_frame_rate` applies. Default `10s`.
+    #[serde(default = "d_frame_rate_grace", deserialize_with = "de::duration")]
+    pub frame_rate_grace: Duration,
     /// Serve TLS. Default false.
     #[serde(default, deserialize_with = "de::from_str_or_value")]
     pub ssl_enabled: bool,
@@ -88,6 +116,18 @@ pub struct Config {
 
 fn d_max_connections() -> usize {
     1000
+}
+fn d_max_connections_per_client() -> usize {
+    64
+}
+fn d_max_window_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+fn d_min_frame_rate() -> u64 {
+    1024
+}
+fn d_frame_rate_grace() -> Duration {
+    Duration::from_secs(10)
 }
 fn d_inactivity() -> Duration {
     Duration::from_secs(60)
@@ -123,26 +163,37 @@ impl Config {
         let mut problems: Vec<Problem> = super::check_address("address", &self.address)
             .into_iter()
             .collect();
-        if self.max_connections == 0 {
-            problems.push(Problem::at("max_connections", "must be at least 1"));
+        for (key, n) in [
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_client",
+                self.max_connections_per_client,
+            ),
+        ] {
+            if n == 0 {
+                problems.push(Problem::at(key, "must be at least 1"));
+            }
         }
         for (key, d) in [
             ("client_inactivity_timeout", self.client_inactivity_timeout),
             ("keepalive_interval", self.keepalive_interval),
             ("ssl_handshake_timeout", self.ssl_handshake_timeout),
+            ("frame_rate_grace", self.frame_rate_grace),
         ] {
             if d.is_zero() {
                 problems.push(Problem::at(key, "must be longer than zero"));
             }
         }
-        if self.max_frame_size < 1024 || self.max_frame_size > u32::MAX as u64 {
-            problems.push(
-                Problem::at(
-                    "max_frame_size",
-                    format!("{} bytes is out of range", self.max_frame_size),
-                )
-                .hint("use a size between 1KiB and 4GiB, e.g. \"64MiB\""),
-            );
+        for (key, size) in [
+            ("max_frame_size", self.max_frame_size),
+            ("max_window_bytes", self.max_window_bytes),
+        ] {
+            if !(1024..=u32::MAX as u64).contains(&size) {
+                problems.push(
+                    Problem::at(key, format!("{size} bytes is out of range"))
+                        .hint("use a size between 1KiB and 4GiB, e.g. \"64MiB\""),
+                );
+            }
         }
         if self.max_window_size == 0 {
             problems.push(Problem::at("max_window_size", "must be at least 1"));
@@ -205,11 +256,20 @@ impl Config {
             tags: self.tags.clone(),
             idle: self.client_inactivity_timeout,
             keepalive: self.keepalive_interval,
-            max_frame: self.max_frame_size as usize,
-            max_window: self.max_window_size,
+            limits: Limits {
+                max_frame: self.max_frame_size as usize,
+                max_window: self.max_window_size,
+                max_window_bytes: self.max_window_bytes as usize,
+            },
+            frame_rate: FrameRate {
+                min: self.min_frame_rate,
+                grace: self.frame_rate_grace,
+            },
+            clients: PerClient::new(self.max_connections_per_client),
             handshake: self.ssl_handshake_timeout,
             tls,
             queue,
+            budget: ctx.budget.clone(),
             metrics: Metrics::register(&ctx.metrics, id),
             shutdown: ctx.shutdown.clone(),
         });
@@ -225,11 +285,13 @@ struct Shared {
     tags: Vec<String>,
     idle: Duration,
     keepalive: Duration,
-    max_frame: usize,
-    max_window: u32,
+    limits: Limits,
+    frame_rate: FrameRate,
+    clients: PerClient,
     handshake: Duration,
     tls: Option<tokio_rustls::TlsAcceptor>,
     queue: QueueSender,
+    budget: MemoryBudget,
     metrics: Metrics,
     shutdown: CancellationToken,
 }
@@ -243,12 +305,15 @@ const ERROR_KINDS: &[&str] = &[
     "nesting",
     "truncated",
     "io",
+    "window_bytes",
     "window_too_large",
     "event_outside_window",
     "window_overflow",
     "window_incomplete",
     "closed_mid_window",
     "idle_mid_window",
+    "slow_frame",
+    "memory_budget",
     "tls_handshake",
     "ack_write",
 ];
@@ -263,6 +328,7 @@ struct Metrics {
     acks: Counter,
     keepalives: Counter,
     idle_closed: Counter,
+    refused_per_client: Counter,
     errors: Vec<(&'static str, Counter)>,
 }
 
@@ -315,6 +381,11 @@ impl Metrics {
                 "Connections closed after client_inactivity_timeout between windows",
                 &labels,
             ),
+            refused_per_client: r.counter(
+                "sheepdog_beats_connections_refused_total",
+                "Beats connections closed at once because their client address had max_connections_per_client open",
+                &[("input", id), ("reason", "per_client")],
+            ),
             errors: ERROR_KINDS
                 .iter()
                 .map(|kind| {
@@ -343,18 +414,20 @@ impl Metrics {
 enum ConnError {
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
-    #[error("window of {0} events exceeds max_window_size {1}")]
-    WindowTooLarge(u32, u32),
-    #[error("events sent before a window size frame")]
-    EventOutsideWindow,
-    #[error("more events than the announced window of {0}")]
-    WindowOverflow(u32),
-    #[error("new window announced after {got} of {expected} events")]
-    WindowIncomplete { expected: u32, got: usize },
     #[error("connection closed after {got} of {expected} events of a window")]
     ClosedMidWindow { expected: u32, got: usize },
+    #[error("memory budget: {0}")]
+    Budget(String),
     #[error("no data for {0:?} in the middle of a window")]
     IdleMidWindow(Duration),
+    #[error(
+        "a frame arrived at {bytes} bytes in {elapsed:?}, slower than min_frame_rate {min} bytes/s"
+    )]
+    SlowFrame {
+        bytes: u64,
+        elapsed: Duration,
+        min: u64,
+    },
     #[error("TLS handshake failed: {0}")]
     Tls(String),
     #[error("writing an ACK failed: {0}")]
@@ -365,12 +438,10 @@ impl ConnError {
     fn kind(&self) -> &'static str {
         match self {
             ConnError::Protocol(e) => e.kind(),
-            ConnError::WindowTooLarge(..) => "window_too_large",
-            ConnError::EventOutsideWindow => "event_outside_window",
-            ConnError::WindowOverflow(_) => "window_overflow",
-            ConnError::WindowIncomplete { .. } => "window_incomplete",
             ConnError::ClosedMidWindow { .. } => "closed_mid_window",
             ConnError::IdleMidWindow(_) => "idle_mid_window",
+            ConnError::Budget(_) => "memory_budget",
+            ConnError::SlowFrame { .. } => "slow_frame",
             ConnError::Tls(_) => "tls_handshake",
             ConnError::AckWrite(_) => "ack_write",
         }
@@ -406,12 +477,17 @@ async fn accept_loop(
                 continue;
             }
         };
+        if !shared.clients.admit(peer.ip()) {
+            refuse(stream, peer, &shared);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
         let span = tracing::info_span!("beats", input = %shared.source, peer = %peer);
         let shared = shared.clone();
         tokio::spawn(
             async move {
                 connection(stream, peer, &shared).await;
+                shared.clients.release(peer.ip());
                 drop(permit);
             }
             .instrument(span),
@@ -420,6 +496,21 @@ async fn accept_loop(
     drop(listener);
     // Every connection task holds a permit; having them all back means they have ended.
     let _ = limit.acquire_many(max).await;
+}
+
+/// Closes a connection from a client address that has `max_connections_per_client` open.
+fn refuse(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
+    drop(stream);
+    shared.metrics.refused_per_client.inc();
+    if let Some(n) = shared.clients.refused() {
+        tracing::warn!(
+            input = %shared.source,
+            peer = %peer,
+            refused = n,
+            max_connections_per_client = shared.clients.max(),
+            "beats connections refused: the client address has too many open"
+        );
+    }
 }
 
 async fn connection(stream: TcpStream, peer: SocketAddr, shared: &Shared) {
@@ -463,6 +554,12 @@ struct Window {
     seqs: Vec<u32>,
 }
 
+/// Room reserved for a window's events when its first ones arrive: an announced window of
+/// 16,384 events that never comes costs nothing, and a Filebeat window (2048) needs no regrowth.
+const WINDOW_PREALLOC: usize = 4096;
+
+type Frames<R> = FramedRead<Counted<R>, BeatsCodec>;
+
 /// Reads windows, queues their events and acknowledges them, until the client closes, goes
 /// idle between windows, breaks the protocol, or shutdown begins.
 async fn serve<R, W>(
@@ -475,80 +572,132 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut frames = FramedRead::with_capacity(read, BeatsCodec::new(shared.max_frame), 64 * 1024);
+    let codec = BeatsCodec::new(shared.limits);
+    let mut frames = FramedRead::with_capacity(Counted::new(read), codec, READ_BUFFER);
     // One object per connection, shared by its events (no copy per event).
     let peer_meta =
         SharedValue::new(serde_json::json!({"beats": {"host": {"ip": peer.ip().to_string()}}}));
     let mut window: Option<Window> = None;
-    while let Some(frame) = next_frame(&mut frames, &window, shared).await? {
+    let mut held = Held {
+        charge: shared.budget.empty(Use::BeatsWindow),
+        events: 0,
+    };
+    while let Some(frame) = next_frame(&mut frames, &window, &mut held, shared).await? {
         match frame {
-            Frame::Window(n) => window = open_window(n, &window, &mut write, shared).await?,
+            // The codec hands out a window only once the previous one is complete, and
+            // events only inside a window, never beyond its end.
+            Frame::Window(n) => window = open_window(n, &mut write, shared).await?,
             Frame::Events(raw) => {
-                let w = window.as_mut().ok_or(ConnError::EventOutsideWindow)?;
-                add_events(w, raw, &peer_meta, shared)?;
-                if w.events.len() == w.expected as usize {
-                    let w = window.take().expect("window is open");
-                    if !deliver(w, &mut write, shared).await? {
-                        // Shutting down: the window stays unacknowledged and the client
-                        // sends it again after reconnecting.
-                        return Ok(());
-                    }
-                }
+                let w = window.as_mut().ok_or(ProtocolError::EventOutsideWindow)?;
+                held.events += add_events(w, raw, &peer_meta, shared)?;
+            }
+        }
+        // Shutting down (false): the window stays unacknowledged and the client sends it
+        // again after reconnecting.
+        if !account(&frames, &mut held, &mut write, shared).await? {
+            return Ok(());
+        }
+        if window
+            .as_ref()
+            .is_some_and(|w| w.events.len() == w.expected as usize)
+        {
+            let w = window.take().expect("window is open");
+            if !deliver(w, held.take_events(), &mut write, shared).await? {
+                return Ok(());
             }
         }
     }
     Ok(())
 }
 
+/// The read buffer a connection starts with; it grows only with bytes that arrive.
+const READ_BUFFER: usize = 64 * 1024;
+
 /// The next frame, or `None` when the connection ends without error: shutdown, or the
-/// client closing or going idle between windows.
+/// client closing or going idle between windows. While waiting, a frame that trickles in
+/// slower than `min_frame_rate` closes the connection, and one that is quiet between frames
+/// lets go of its buffers.
 async fn next_frame<R: AsyncRead + Unpin>(
-    frames: &mut FramedRead<R, BeatsCodec>,
+    frames: &mut Frames<R>,
     window: &Option<Window>,
+    held: &mut Held,
     shared: &Shared,
 ) -> Result<Option<Frame>, ConnError> {
-    let next = tokio::select! {
-        biased;
-        _ = shared.shutdown.cancelled() => return Ok(None),
-        r = tokio::time::timeout(shared.idle, frames.next()) => r,
-    };
-    match next {
-        Err(_) => match window {
-            Some(_) => Err(ConnError::IdleMidWindow(shared.idle)),
-            None => {
-                shared.metrics.idle_closed.inc();
-                tracing::debug!(timeout = ?shared.idle, "closing idle beats connection");
-                Ok(None)
+    let idle = tokio::time::sleep(shared.idle);
+    tokio::pin!(idle);
+    let mut trickle = Trickle::start(frames.get_ref().read());
+    let tick = limits::tick(shared.frame_rate);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return Ok(None),
+            r = frames.next() => r,
+            _ = &mut idle => return idle_end(window, shared),
+            _ = ticks.tick() => {
+                watch_frame(frames, &mut trickle, shared)?;
+                // What a quiet connection let go of goes back to the budget.
+                let want = held.wanted(frames);
+                held.charge.shrink_to(want);
+                continue;
             }
-        },
-        Ok(None) => match window {
-            Some(w) => Err(ConnError::ClosedMidWindow {
-                expected: w.expected,
-                got: w.events.len(),
-            }),
-            None => Ok(None),
-        },
-        Ok(Some(r)) => Ok(Some(r?)),
+        };
+        return match next {
+            None => match window {
+                Some(w) => Err(ConnError::ClosedMidWindow {
+                    expected: w.expected,
+                    got: w.events.len(),
+                }),
+                None => Ok(None),
+            },
+            Some(r) => Ok(Some(r?)),
+        };
     }
 }
 
-/// Opens a window of `n` events after the previous one was complete; an empty window is
-/// acknowledged at once and opens nothing.
+/// No frame for `client_inactivity_timeout`: an error in the middle of a window, else the
+/// end of an idle connection.
+fn idle_end(window: &Option<Window>, shared: &Shared) -> Result<Option<Frame>, ConnError> {
+    match window {
+        Some(_) => Err(ConnError::IdleMidWindow(shared.idle)),
+        None => {
+            shared.metrics.idle_closed.inc();
+            tracing::debug!(timeout = ?shared.idle, "closing idle beats connection");
+            Ok(None)
+        }
+    }
+}
+
+/// Checks the rate of the frame being received; between frames, lets go of the window
+/// buffer and of a read buffer grown past its first size.
+fn watch_frame<R>(
+    frames: &mut Frames<R>,
+    trickle: &mut Trickle,
+    shared: &Shared,
+) -> Result<(), ConnError> {
+    let partial = !frames.read_buffer().is_empty();
+    if !partial {
+        frames.decoder_mut().shed();
+        if frames.read_buffer().capacity() > READ_BUFFER {
+            *frames.read_buffer_mut() = bytes::BytesMut::with_capacity(READ_BUFFER);
+        }
+    }
+    let rate = shared.frame_rate;
+    trickle
+        .check(frames.get_ref().read(), partial, rate)
+        .map_err(|slow| ConnError::SlowFrame {
+            bytes: slow.bytes,
+            elapsed: slow.elapsed,
+            min: rate.min,
+        })
+}
+
+/// Opens a window of `n` events; an empty window is acknowledged at once and opens nothing.
 async fn open_window<W: AsyncWrite + Unpin>(
     n: u32,
-    window: &Option<Window>,
     write: &mut W,
     shared: &Shared,
 ) -> Result<Option<Window>, ConnError> {
-    if let Some(w) = window {
-        return Err(ConnError::WindowIncomplete {
-            expected: w.expected,
-            got: w.events.len(),
-        });
-    }
-    if n > shared.max_window {
-        return Err(ConnError::WindowTooLarge(n, shared.max_window));
-    }
     shared.metrics.windows.inc();
     if n == 0 {
         write_ack(write, 0, shared).await?;
@@ -557,25 +706,33 @@ async fn open_window<W: AsyncWrite + Unpin>(
     }
     Ok(Some(Window {
         expected: n,
-        events: Vec::with_capacity(n as usize),
-        seqs: Vec::with_capacity(n as usize),
+        events: Vec::new(),
+        seqs: Vec::new(),
     }))
 }
 
-/// Turns received events into pipeline events in the open window, which they must not overfill.
+/// Turns received events into pipeline events in the open window, which they must not
+/// overfill; returns their estimated size for the memory budget.
 fn add_events(
     w: &mut Window,
     raw: Vec<RawEvent>,
     peer_meta: &Arc<SharedValue>,
     shared: &Shared,
-) -> Result<(), ConnError> {
+) -> Result<usize, ConnError> {
     if w.events.len() + raw.len() > w.expected as usize {
-        return Err(ConnError::WindowOverflow(w.expected));
+        return Err(ProtocolError::WindowOverflow(w.expected).into());
+    }
+    if w.events.capacity() == 0 {
+        let room = (w.expected as usize).min(WINDOW_PREALLOC);
+        w.events.reserve(room);
+        w.seqs.reserve(room);
     }
     shared.metrics.events_received.add(raw.len() as u64);
     let receipt = Receipt::new(now_ms());
     let mut failures = 0u64;
+    let mut bytes = 0;
     for r in raw {
+        bytes += budget::event_bytes(r.body.len());
         w.seqs.push(r.seq);
         w.events.push(to_event(
             r,
@@ -588,33 +745,41 @@ fn add_events(
     if failures > 0 {
         shared.metrics.parse_failures.add(failures);
     }
-    Ok(())
+    Ok(bytes)
 }
 
-/// Queues a complete window and acknowledges it. A window larger than the whole queue goes
-/// in parts, each acknowledged (cumulatively) once queued. Returns false when shutdown
-/// interrupted the wait; nothing further is acknowledged then.
+/// Queues a complete window and acknowledges it; `charge` (the events' bytes) travels with
+/// them into the queue. A window larger than the whole queue goes in parts, each with its
+/// share of the charge and acknowledged (cumulatively) once queued. Returns false when
+/// shutdown interrupted the wait; nothing further is acknowledged then.
 async fn deliver<W: AsyncWrite + Unpin>(
     mut w: Window,
+    mut charge: Charge,
     write: &mut W,
     shared: &Shared,
 ) -> Result<bool, ConnError> {
     let part = shared.queue.capacity().max(1);
     while !w.events.is_empty() {
         let take = w.events.len().min(part);
-        let (events, seq) = if take == w.events.len() {
-            (
-                std::mem::take(&mut w.events),
-                *w.seqs.last().expect("one seq per event"),
-            )
+        let (events, seq, mut share) = if take == w.events.len() {
+            let seq = *w.seqs.last().expect("one seq per event");
+            let all = charge.split_off(charge.bytes());
+            (std::mem::take(&mut w.events), seq, all)
         } else {
             let rest = w.events.split_off(take);
-            (std::mem::replace(&mut w.events, rest), w.seqs[take - 1])
+            let share = charge.split_off(charge.bytes() / (take + rest.len()) * take);
+            (
+                std::mem::replace(&mut w.events, rest),
+                w.seqs[take - 1],
+                share,
+            )
         };
         w.seqs.drain(..take);
         let n = events.len() as u64;
-        if !queue_with_keepalive(events, write, shared).await? {
-            return Ok(false);
+        let send = shared.queue.send(&shared.source, events, &mut share);
+        match with_keepalive(send, "queue full", write, shared).await? {
+            Some(Ok(())) => {}
+            Some(Err(_)) | None => return Ok(false),
         }
         shared.metrics.events_queued.add(n);
         write_ack(write, seq, shared).await?;
@@ -623,29 +788,84 @@ async fn deliver<W: AsyncWrite + Unpin>(
     Ok(true)
 }
 
-/// Waits for queue room, sending ACK 0 every `keepalive` meanwhile. False on shutdown.
-async fn queue_with_keepalive<W: AsyncWrite + Unpin>(
-    events: Vec<Event>,
+/// Awaits `wait`, sending ACK 0 every `keepalive` meanwhile so the client (Filebeat: 30 s)
+/// does not time out and resend. `None` on shutdown.
+async fn with_keepalive<T, W: AsyncWrite + Unpin>(
+    wait: impl std::future::Future<Output = T>,
+    why: &'static str,
     write: &mut W,
     shared: &Shared,
-) -> Result<bool, ConnError> {
-    let mut charge = crate::budget::Charge::none();
-    let send = shared.queue.send(&shared.source, events, &mut charge);
-    tokio::pin!(send);
+) -> Result<Option<T>, ConnError> {
+    tokio::pin!(wait);
     let start = tokio::time::Instant::now() + shared.keepalive;
     let mut ticks = tokio::time::interval_at(start, shared.keepalive);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             biased;
-            r = &mut send => return Ok(r.is_ok()),
-            _ = shared.shutdown.cancelled() => return Ok(false),
+            r = &mut wait => return Ok(Some(r)),
+            _ = shared.shutdown.cancelled() => return Ok(None),
             _ = ticks.tick() => {
                 write_ack(write, 0, shared).await?;
                 shared.metrics.keepalives.inc();
-                tracing::debug!("queue full: sent keepalive ACK 0");
+                tracing::debug!(why, "sent keepalive ACK 0");
             }
         }
+    }
+}
+
+/// What one connection holds against the memory budget.
+struct Held {
+    charge: Charge,
+    /// Estimated bytes of the open window's decoded events.
+    events: usize,
+}
+
+impl Held {
+    /// The bytes to charge now: the read buffer beyond its first size (or what it holds),
+    /// the codec's window buffer and streamed frames, and the window's decoded events.
+    fn wanted<R>(&self, frames: &Frames<R>) -> usize {
+        let buf = frames.read_buffer();
+        let read = buf.len().max(buf.capacity().saturating_sub(READ_BUFFER));
+        read + frames.decoder().held() + self.events
+    }
+
+    /// The events' bytes, to travel with them into the queue.
+    fn take_events(&mut self) -> Charge {
+        let bytes = std::mem::take(&mut self.events);
+        self.charge.split_off(bytes)
+    }
+}
+
+/// Brings the connection's charge up (or down) to what it holds. When the budget has no room
+/// the connection reads nothing more and waits, with keepalives, at most
+/// `client_inactivity_timeout`; then it is closed so that what it holds goes back. False on
+/// shutdown.
+async fn account<R, W: AsyncWrite + Unpin>(
+    frames: &Frames<R>,
+    held: &mut Held,
+    write: &mut W,
+    shared: &Shared,
+) -> Result<bool, ConnError> {
+    let want = held.wanted(frames);
+    let have = held.charge.bytes();
+    if want <= have {
+        held.charge.shrink_to(want);
+        return Ok(true);
+    }
+    if held.charge.try_grow(want - have) {
+        return Ok(true);
+    }
+    let grow = tokio::time::timeout(shared.idle, held.charge.grow(want - have));
+    match with_keepalive(grow, "memory budget spent", write, shared).await? {
+        None => Ok(false),
+        Some(Ok(Ok(()))) => Ok(true),
+        Some(Ok(Err(too_large))) => Err(ConnError::Budget(too_large.to_string())),
+        Some(Err(_)) => Err(ConnError::Budget(format!(
+            "no room for {} more bytes within {:?}",
+            want - have,
+            shared.idle
+        ))),
     }
 }
 

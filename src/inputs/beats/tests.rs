@@ -218,13 +218,26 @@ async fn a_window_larger_than_the_queue_is_acked_in_parts() {
 /// `max_window_size = 10` and `max_frame_size = "4KiB"`).
 fn protocol_violations() -> Vec<(Vec<u8>, &'static str)> {
     vec![
-        (b"1W\0\0\0\x01".to_vec(), "bad_version"),
+        (b"\x16\x03\x01\x02\0".to_vec(), "bad_version"),
         (b"2Q\0\0\0\x01".to_vec(), "unknown_frame"),
         (window(11), "window_too_large"),
         (json(1, "{}"), "event_outside_window"),
+        // The complete window is acknowledged; the event after it closes the connection.
         (
             [window(1), json(1, "{}"), json(2, "{}")].concat(),
             "window_overflow",
+        ),
+        (
+            [
+                window(1),
+                compressed(&[json(1, "{}"), json(2, "{}")].concat()),
+            ]
+            .concat(),
+            "window_overflow",
+        ),
+        (
+            [window(2), compressed(&json(1, &"x".repeat(3000)).repeat(2))].concat(),
+            "window_bytes",
         ),
         (
             [window(2), json(1, "{}"), window(1)].concat(),
@@ -261,18 +274,24 @@ async fn send_and_hang_up(addr: SocketAddr, bytes: &[u8]) {
 #[tokio::test]
 async fn protocol_errors_close_only_their_connection() {
     let h = start(
-        config("max_window_size = 10\nclient_inactivity_timeout = \"300ms\"\nmax_frame_size = \"4KiB\""),
+        config("max_window_size = 10\nclient_inactivity_timeout = \"300ms\"\nmax_frame_size = \"4KiB\"\nmax_window_bytes = \"5KiB\""),
         100,
     )
     .await;
     let mut good = TcpStream::connect(h.addr).await.unwrap();
+    let mut seen: Vec<&str> = Vec::new();
     for (bytes, kind) in &protocol_violations() {
         let mut c = TcpStream::connect(h.addr).await.unwrap();
         c.write_all(bytes).await.unwrap();
+        if *kind == "window_overflow" {
+            assert_eq!(read_ack(&mut c).await, 1);
+        }
         expect_closed(&mut c).await;
+        seen.push(kind);
+        let times = seen.iter().filter(|k| *k == kind).count() as f64;
         // the metric is counted just after the close
-        eventually(50, || h.errors(kind) >= 1.0).await;
-        assert_eq!(h.errors(kind), 1.0, "{kind}");
+        eventually(50, || h.errors(kind) >= times).await;
+        assert_eq!(h.errors(kind), times, "{kind}");
         // the healthy connection stays served (and busy enough not to go idle)
         good.write_all(&window(0)).await.unwrap();
         assert_eq!(read_ack(&mut good).await, 0);
@@ -291,9 +310,10 @@ async fn protocol_errors_close_only_their_connection() {
         .await
         .unwrap();
     assert_eq!(read_ack(&mut good).await, 1);
+    // this one and the complete windows before the two overflows
     assert_eq!(
         h.metric("sheepdog_input_events_total", &[("input", "beats")]),
-        1.0
+        3.0
     );
     drop(good);
     // silent in the middle of a window (the healthy connection is gone: it would go idle too)
@@ -339,12 +359,136 @@ async fn connections_beyond_the_cap_wait_their_turn() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn a_client_address_beyond_its_cap_is_closed_at_once_and_counted() {
+    let h = start(config("max_connections_per_client = 2"), 100).await;
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        let mut c = TcpStream::connect(h.addr).await.unwrap();
+        c.write_all(&window(0)).await.unwrap();
+        assert_eq!(read_ack(&mut c).await, 0);
+        served.push(c);
+    }
+    let refused = || {
+        h.metric(
+            "sheepdog_beats_connections_refused_total",
+            &[("input", "beats"), ("reason", "per_client")],
+        )
+    };
+    for n in 1..=3 {
+        let mut c = TcpStream::connect(h.addr).await.unwrap();
+        let _ = c.write_all(&window(0)).await;
+        expect_closed(&mut c).await;
+        eventually(50, || refused() >= n as f64).await;
+        assert_eq!(refused(), n as f64);
+    }
+    // The served ones go on; once one ends, the address has room again.
+    served[0].write_all(&window(0)).await.unwrap();
+    assert_eq!(read_ack(&mut served[0]).await, 0);
+    drop(served.remove(0));
+    let mut again = None;
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(h.addr).await.unwrap();
+        let _ = c.write_all(&window(0)).await;
+        let mut b = [0u8; 6];
+        let read = tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut b)).await;
+        if matches!(read, Ok(Ok(_))) {
+            again = Some(b);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again, Some(codec::ack(0)));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_trickling_in_below_the_floor_rate_is_closed() {
+    let h = start(
+        config("min_frame_rate = \"1KiB\"\nframe_rate_grace = \"400ms\""),
+        100,
+    )
+    .await;
+    // A merely idle connection between windows is not slow.
+    let mut idle = TcpStream::connect(h.addr).await.unwrap();
+    idle.write_all(&window(0)).await.unwrap();
+    assert_eq!(read_ack(&mut idle).await, 0);
+    // A frame announcing 100 KB that comes at 100 bytes every 100 ms (1000 bytes/s).
+    let mut slow = TcpStream::connect(h.addr).await.unwrap();
+    let mut frame = [window(1), json(1, &"x".repeat(100_000))].concat();
+    frame.truncate(6 + 10 + 1000);
+    let mut closed = false;
+    for chunk in frame.chunks(100) {
+        if slow.write_all(chunk).await.is_err() {
+            closed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if h.errors("slow_frame") >= 1.0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow frame was not closed");
+    expect_closed(&mut slow).await;
+    assert_eq!(h.errors("slow_frame"), 1.0);
+    idle.write_all(&window(0)).await.unwrap();
+    assert_eq!(read_ack(&mut idle).await, 0);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_window_waits_for_room_in_the_memory_budget_and_its_charge_travels_with_it() {
+    use crate::budget::{event_bytes, Use};
+    let h = start(config("keepalive_interval = \"100ms\""), 100).await;
+    let budget = h.ctx.budget.clone();
+    let per_event = event_bytes(2);
+    budget.set_limit((per_event * 3) as u64);
+    // Someone else holds two events' worth: one is left, the window needs two.
+    let hog = budget.try_charge(per_event * 2, Use::HttpBody).unwrap();
+    let mut c = TcpStream::connect(h.addr).await.unwrap();
+    c.write_all(&[window(2), json(1, "{}"), json(2, "{}")].concat())
+        .await
+        .unwrap();
+    assert_eq!(read_ack(&mut c).await, 0, "a keepalive while it waits");
+    assert_eq!(
+        h.metric("sheepdog_input_events_total", &[("input", "beats")]),
+        0.0,
+        "nothing queued without room"
+    );
+    drop(hog);
+    let mut ack = read_ack(&mut c).await;
+    while ack == 0 {
+        ack = read_ack(&mut c).await;
+    }
+    assert_eq!(ack, 2);
+    // The events' bytes stay charged while they are in the queue.
+    let batch = h.rx.recv().await.unwrap();
+    assert_eq!(batch.events.len(), 2);
+    assert_eq!(budget.used(), per_event * 2);
+    drop(batch);
+    assert_eq!(budget.used(), 0);
+    // A window that could never fit the whole budget closes its connection.
+    budget.set_limit(per_event as u64);
+    c.write_all(&[window(2), json(1, "{}"), json(2, "{}")].concat())
+        .await
+        .unwrap();
+    expect_closed(&mut c).await;
+    eventually(50, || h.errors("memory_budget") >= 1.0).await;
+    assert_eq!(h.errors("memory_budget"), 1.0);
+    h.stop().await;
+}
+
 #[test]
 fn config_defaults_and_validation() {
     let c = config("");
     assert_eq!(c.client_inactivity_timeout, Duration::from_secs(60));
     assert_eq!(c.keepalive_interval, Duration::from_secs(5));
     assert_eq!(c.max_connections, 1000);
+    assert_eq!(c.max_connections_per_client, 64);
+    assert_eq!(c.max_window_bytes, 64 << 20);
+    assert_eq!(c.min_frame_rate, 1024);
+    assert_eq!(c.frame_rate_grace, Duration::from_secs(10));
     assert!(c.validate().is_empty());
     let c = config("ssl_enabled = \"true\"\nssl_certificate = \"/nonexistent/cert.pem\"\nssl_key = \"/nonexistent/key.pem\"\nssl_client_authentication = \"required\"");
     let text: Vec<String> = c.validate().iter().map(|p| p.to_string()).collect();
@@ -367,6 +511,18 @@ fn config_defaults_and_validation() {
     assert!(!p[0].is_error());
     let c = config("keepalive_interval = \"0s\"\nmax_connections = 0");
     assert_eq!(c.validate().len(), 2);
+    let c = config(
+        "max_connections_per_client = 0\nmax_window_bytes = \"100B\"\nframe_rate_grace = \"0s\"\nmin_frame_rate = \"0B\"",
+    );
+    let text: Vec<String> = c.validate().iter().map(|p| p.to_string()).collect();
+    assert_eq!(text.len(), 3, "{text:?}");
+    for key in [
+        "max_connections_per_client",
+        "max_window_bytes",
+        "frame_rate_grace",
+    ] {
+        assert!(text.iter().any(|t| t.contains(key)), "{key}: {text:?}");
+    }
     assert!(
         toml::from_str::<Config>("address = \"x\"\nssl_client_authentication = \"sometimes\"")
             .is_err()

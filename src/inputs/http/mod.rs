@@ -20,6 +20,7 @@ use super::check_address;
 use super::beats::tls::{self, ClientAuth};
 use crate::config::de;
 use crate::config::problem::Problem;
+use crate::config::secret::Secret;
 use crate::queue::QueueSender;
 use crate::BuildContext;
 use serde::Deserialize;
@@ -42,11 +43,12 @@ pub struct Config {
     /// Basic-auth user; requires `password`.
     #[serde(default)]
     pub user: Option<String>,
+    /// Basic-auth password (never printed).
     #[serde(default)]
-    pub password: Option<String>,
-    /// Bearer token expected in `Authorization: Bearer <token>`.
+    pub password: Option<Secret>,
+    /// Bearer token expected in `Authorization: Bearer <token>` (never printed).
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// How long a request may wait in total for room in a full pipeline queue or memory
     /// budget before it is answered 429 (the client's connection is the backpressure
     /// meanwhile, as Logstash's input threads block); `0s` answers 429 at once. Default `5s`.
@@ -189,8 +191,11 @@ impl Config {
     /// The value a request's `Authorization` header must have, when authentication is on.
     fn expected_authorization(&self) -> Option<String> {
         match (&self.user, &self.password, &self.token) {
-            (Some(u), Some(p), _) => Some(format!("Basic {}", base64_encode(&format!("{u}:{p}")))),
-            (_, _, Some(t)) => Some(format!("Bearer {t}")),
+            (Some(u), Some(p), _) => Some(format!(
+                "Basic {}",
+                base64_encode(&format!("{u}:{}", p.expose()))
+            )),
+            (_, _, Some(t)) => Some(format!("Bearer {}", t.expose())),
             _ => None,
         }
     }

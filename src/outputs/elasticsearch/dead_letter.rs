@@ -1,6 +1,13 @@
 //! The dead-letter file: documents Elasticsearch refused for good (mapping conflicts and other
 //! 4xx item errors), one JSON line each with the document as sent, its index, the status, the
 //! error type and reason, and when it was written.
+//!
+//! `sheepdog dead-letter replay` works on the file while the daemon may be appending to it.
+//! Both sides hold an exclusive `flock` on the file while they touch it: the replay renames the
+//! file aside under the lock (the daemon's next append then finds its open file no longer at
+//! the path and starts a new one), works on the renamed copy, and appends what it keeps back
+//! under the same lock. A replay that dies midway leaves its `<name>.replay-*` copy, which the
+//! next `list` or `replay` reads as part of the store.
 
 use crate::event::{format_timestamp_ms, now_ms};
 use std::fs::{File, OpenOptions};
@@ -50,23 +57,116 @@ impl DeadLetterFile {
             encode_line(letter, now, &mut buf);
         }
         let mut guard = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.is_none() {
-            if let Some(parent) = self.path.parent() {
-                if !parent.as_os_str().is_empty() {
-                    std::fs::create_dir_all(parent)?;
-                }
+        loop {
+            if guard.is_none() {
+                *guard = Some(open_for_append(&self.path)?);
             }
-            *guard = Some(
-                OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&self.path)?,
-            );
+            let file = guard.as_mut().expect("opened above");
+            file.lock()?;
+            if is_at_path(file, &self.path) {
+                let written = file.write_all(&buf).and_then(|()| file.flush());
+                file.unlock()?;
+                return written;
+            }
+            // A replay moved the file aside: append to a new one at the path.
+            file.unlock()?;
+            *guard = None;
         }
-        let file = guard.as_mut().expect("opened above");
-        file.write_all(&buf)?;
-        file.flush()
     }
+}
+
+fn open_for_append(path: &Path) -> std::io::Result<File> {
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)?;
+        }
+    }
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
+/// Whether `file` is still the file at `path` (not renamed away or replaced).
+fn is_at_path(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(open), Ok(named)) => open.dev() == named.dev() && open.ino() == named.ino(),
+        _ => false,
+    }
+}
+
+/// Appends whole lines to the dead-letter file at `path` under its lock, as the daemon does.
+pub fn append_lines(path: &Path, lines: &[u8]) -> std::io::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    loop {
+        let mut file = open_for_append(path)?;
+        file.lock()?;
+        if is_at_path(&file, path) {
+            let written = file.write_all(lines).and_then(|()| file.flush());
+            file.unlock()?;
+            return written;
+        }
+        file.unlock()?;
+    }
+}
+
+/// Moves the dead-letter file at `path` aside for a replay, under its lock, and returns every
+/// copy to work on: this one and those a replay that did not finish left behind.
+pub fn take_for_replay(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut taken = leftover_copies(path)?;
+    loop {
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(taken),
+            Err(e) => return Err(e),
+        };
+        file.lock()?;
+        if !is_at_path(&file, path) {
+            file.unlock()?;
+            continue;
+        }
+        let aside = replay_copy_path(path);
+        std::fs::rename(path, &aside)?;
+        file.unlock()?;
+        taken.push(aside);
+        return Ok(taken);
+    }
+}
+
+/// Every file the store consists of: the file itself (when present) and unfinished replay
+/// copies.
+pub fn store_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = leftover_copies(path)?;
+    if path.is_file() {
+        files.push(path.to_path_buf());
+    }
+    Ok(files)
+}
+
+fn replay_copy_path(path: &Path) -> PathBuf {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    path.with_file_name(format!("{name}.replay-{}-{}", std::process::id(), now_ms()))
+}
+
+/// `<name>.replay-*` files beside `path`, oldest first.
+fn leftover_copies(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let prefix = format!("{name}.replay-");
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut copies: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    copies.sort();
+    Ok(copies)
 }
 
 /// `{"@timestamp":…,"index":…,"status":…,"error":{"type":…,"reason":…},"document":{…}}\n`
@@ -118,6 +218,40 @@ mod tests {
                 "\n"
             )
         );
+    }
+
+    #[test]
+    fn a_replay_takes_the_file_aside_and_the_writer_starts_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead_letter.ndjson");
+        let file = DeadLetterFile::new(path.clone());
+        let letter = |doc: &'static [u8]| Letter {
+            index: "i",
+            status: 400,
+            error_type: "t",
+            reason: "r",
+            document: doc,
+        };
+        file.write(&[letter(b"{\"a\":1}")]).unwrap();
+        let taken = take_for_replay(&path).unwrap();
+        assert_eq!(taken.len(), 1);
+        assert!(!path.exists());
+        // The daemon keeps writing: to a new file at the path, not into the copy.
+        file.write(&[letter(b"{\"a\":2}")]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&taken[0]).unwrap().lines().count(),
+            1
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+        // What the replay keeps goes back beside the daemon's new letters.
+        append_lines(&path, b"{\"kept\":1}\n").unwrap();
+        file.write(&[letter(b"{\"a\":3}")]).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 3);
+        // A copy left by a replay that died is part of the store and of the next replay.
+        assert_eq!(store_files(&path).unwrap().len(), 2);
+        let again = take_for_replay(&path).unwrap();
+        assert_eq!(again.len(), 2);
+        assert_eq!(again[0], taken[0]);
     }
 
     #[test]

@@ -4,6 +4,8 @@
 
 mod dead_letter;
 pub mod encoder;
+mod hosts;
+pub mod replay;
 mod retention;
 mod retry;
 mod service;
@@ -13,6 +15,7 @@ mod template;
 use super::{BoxFuture, Output, Started};
 use crate::config::de;
 use crate::config::problem::Problem;
+use crate::config::secret::Secret;
 use crate::event::Event;
 use crate::template::Template;
 use crate::BuildContext;
@@ -29,18 +32,18 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Cluster URLs, an array or a comma-separated string (`"${ES_HOSTS}"`); requests go
-    /// round-robin and fail over. A URL without a scheme gets `http://`.
-    #[serde(deserialize_with = "de::string_list")]
-    pub hosts: Vec<String>,
+    /// round-robin and fail over. A URL without a scheme gets `http://`. A `user:password@`
+    /// in a URL is taken out of it into `user` and `password` (it must agree with them).
+    pub hosts: hosts::HostList,
     /// Basic-auth user; used only when `password` is not empty.
     #[serde(default)]
     pub user: String,
-    /// Basic-auth password; empty means no basic auth.
+    /// Basic-auth password; empty means no basic auth. Never printed.
     #[serde(default)]
-    pub password: String,
-    /// An API key (the base64 `id:key` form) sent as `Authorization: ApiKey ...`.
+    pub password: Secret,
+    /// An API key (the base64 `id:key` form) sent as `Authorization: ApiKey ...`. Never printed.
     #[serde(default)]
-    pub api_key: String,
+    pub api_key: Secret,
     /// Index name template, e.g. `holysheep-logs-%{+YYYY.MM.dd}` (UTC day of `@timestamp`).
     pub index: String,
     /// Install the index template at start-up. Default true.
@@ -99,7 +102,15 @@ pub struct Config {
     /// PEM file with the CA certificate(s) to trust for `https://` hosts.
     #[serde(default)]
     pub tls_ca: Option<PathBuf>,
-    /// Accept any server certificate (testing only). Default false.
+    /// PEM client certificate (chain) presented to `https://` hosts that ask for one; needs
+    /// `tls_key`.
+    #[serde(default)]
+    pub tls_certificate: Option<PathBuf>,
+    /// PEM private key of `tls_certificate` (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// Accept any server certificate, so anyone between sheepdog and the cluster can read and
+    /// change what is sent (testing only; `check` and start-up warn). Default false.
     #[serde(default, deserialize_with = "de::from_str_or_value")]
     pub tls_skip_verify: bool,
     /// Delete this output's daily indices (`index` = `<prefix>%{+YYYY.MM.dd}`) dated more than
@@ -175,62 +186,32 @@ struct TemplateInstall {
 
 impl Config {
     pub fn validate(&self, ctx: &BuildContext) -> Vec<Problem> {
-        match self.settings(ctx) {
+        let mut problems = match self.settings(ctx) {
             Ok(_) => Vec::new(),
             Err(problems) => problems,
+        };
+        if self.tls_skip_verify {
+            problems.push(
+                Problem::at(
+                    "tls_skip_verify",
+                    "server certificates are not verified: anyone between sheepdog and the cluster can read and change the documents and credentials sent",
+                )
+                .hint("trust the cluster's CA with tls_ca = \"/path/to/http_ca.crt\" and remove tls_skip_verify")
+                .warning(),
+            );
         }
-    }
-
-    fn hosts(&self, problems: &mut Vec<Problem>) -> Vec<String> {
-        if self.hosts.is_empty() {
-            problems.push(Problem::at("hosts", "no Elasticsearch host given").hint(
-                "set hosts = \"http://localhost:9200\" (or ES_HOSTS for the shipped pipeline)",
-            ));
-        }
-        let mut out = Vec::new();
-        for host in &self.hosts {
-            let with_scheme = if host.contains("://") {
-                host.clone()
-            } else {
-                format!("http://{host}")
-            };
-            match reqwest::Url::parse(&with_scheme) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-                    if url.query().is_some() {
-                        problems.push(
-                            Problem::at("hosts", format!("host `{host}` has a query string"))
-                                .hint("give the base URL only, e.g. https://es1:9200"),
-                        );
-                    }
-                    out.push(with_scheme.trim_end_matches('/').to_string());
-                }
-                Ok(url) => problems.push(
-                    Problem::at(
-                        "hosts",
-                        format!(
-                            "host `{host}` is not an http(s) URL (scheme `{}`)",
-                            url.scheme()
-                        ),
-                    )
-                    .hint("write e.g. http://localhost:9200 or https://es1:9200"),
-                ),
-                Err(e) => problems.push(
-                    Problem::at("hosts", format!("host `{host}` is not a URL: {e}"))
-                        .hint("write e.g. http://localhost:9200 or https://es1:9200"),
-                ),
-            }
-        }
-        out
+        problems
     }
 
     /// Validates the whole configuration into settings, or every problem found.
     fn settings(&self, ctx: &BuildContext) -> Result<Settings, Vec<Problem>> {
         let mut problems = Vec::new();
-        let hosts = self.hosts(&mut problems);
+        let hosts = hosts::parse(&self.hosts, &mut problems);
         let index = self.index_template(&mut problems);
-        let authorization = self.authorization(&mut problems);
+        let authorization = self.authorization(hosts.credentials, &mut problems);
         let gzip = self.gzip(&mut problems);
         let tls_ca_pem = self.tls_ca_pem(&mut problems);
+        let tls_identity_pem = self.tls_identity_pem(&mut problems);
         self.check_limits(&mut problems);
         let template = self.template_install(&mut problems);
         let dead_letter_path = self.dead_letter_path(ctx, &mut problems);
@@ -238,11 +219,12 @@ impl Config {
         match (problems.is_empty(), index) {
             (true, Some(index)) => Ok(Settings {
                 service: service::ServiceConfig {
-                    hosts,
+                    hosts: hosts.urls,
                     authorization,
                     request_timeout: self.request_timeout,
                     gzip,
                     tls_ca_pem,
+                    tls_identity_pem,
                     tls_skip_verify: self.tls_skip_verify,
                     dead_host_pause: self.retry_max_backoff.min(Duration::from_secs(5)),
                 },
@@ -292,33 +274,85 @@ impl Config {
         index
     }
 
-    /// The `Authorization` header value: an API key, basic auth, or none.
-    fn authorization(&self, problems: &mut Vec<Problem>) -> Option<String> {
-        let authorization = if !self.api_key.is_empty() {
-            if !self.password.is_empty() {
+    /// The `Authorization` header value: an API key, basic auth (from `user` and `password`,
+    /// or from the host URLs), or none.
+    fn authorization(
+        &self,
+        from_urls: Option<hosts::UrlCredentials>,
+        problems: &mut Vec<Problem>,
+    ) -> Option<Secret> {
+        let (user, password) = match from_urls {
+            None => (self.user.clone(), self.password.clone()),
+            Some(found) => self.merge_url_credentials(found, problems)?,
+        };
+        if !self.api_key.is_empty() {
+            if !password.is_empty() {
                 problems.push(
                     Problem::at("api_key", "both `api_key` and `password` are set")
                         .hint("use either an API key or basic auth (user/password)"),
                 );
             }
-            Some(format!("ApiKey {}", self.api_key))
-        } else if !self.password.is_empty() {
-            if self.user.is_empty() {
+            Some(Secret::new(format!("ApiKey {}", self.api_key.expose())))
+        } else if !password.is_empty() {
+            if user.is_empty() {
                 problems.push(
                     Problem::at("user", "`password` is set but `user` is empty")
                         .hint("set user = \"elastic\" (or the user the password belongs to)"),
                 );
             }
             use base64::Engine;
-            Some(format!(
+            Some(Secret::new(format!(
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", self.user, self.password))
-            ))
+                    .encode(format!("{user}:{}", password.expose()))
+            )))
         } else {
             None
+        }
+    }
+
+    /// The user and password from the host URLs, checked against `user`, `password` and
+    /// `api_key`: giving the same value twice is fine, two different ones are a problem
+    /// (`None`).
+    fn merge_url_credentials(
+        &self,
+        found: hosts::UrlCredentials,
+        problems: &mut Vec<Problem>,
+    ) -> Option<(String, Secret)> {
+        let before = problems.len();
+        if !self.api_key.is_empty() {
+            problems.push(
+                Problem::at("api_key", "`api_key` is set and a host URL carries a user and password")
+                    .hint("use either an API key or basic auth: remove user:password@ from hosts, or api_key"),
+            );
+        }
+        if !self.user.is_empty() && self.user != found.user {
+            problems.push(
+                Problem::at(
+                    "user",
+                    format!(
+                        "`user` is `{}` but a host URL names the user `{}`",
+                        self.user, found.user
+                    ),
+                )
+                .hint("give the login once: in user and password, or in the host URL"),
+            );
+        }
+        let password = match found.password {
+            Some(p) if !self.password.is_empty() && self.password != p => {
+                problems.push(
+                    Problem::at(
+                        "password",
+                        "`password` differs from the password in a host URL",
+                    )
+                    .hint("give the login once: in user and password, or in the host URL"),
+                );
+                p
+            }
+            Some(p) => p,
+            None => self.password.clone(),
         };
-        authorization
+        (problems.len() == before).then_some((found.user, password))
     }
 
     /// Whether bulk bodies are gzipped.
@@ -364,6 +398,56 @@ impl Config {
             },
         };
         tls_ca_pem
+    }
+
+    /// The client certificate and its key as one PEM bundle, checked to make an identity.
+    fn tls_identity_pem(&self, problems: &mut Vec<Problem>) -> Option<Vec<u8>> {
+        let (cert, key) = match (&self.tls_certificate, &self.tls_key) {
+            (None, None) => return None,
+            (Some(cert), Some(key)) => (cert, key),
+            (Some(_), None) | (None, Some(_)) => {
+                problems.push(
+                    Problem::at(
+                        "tls_certificate",
+                        "a client certificate needs both `tls_certificate` and `tls_key`",
+                    )
+                    .hint("give both PEM files, or neither"),
+                );
+                return None;
+            }
+        };
+        let mut read = |key: &str, path: &PathBuf| match std::fs::read(path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                problems.push(
+                    Problem::at(key, format!("cannot read `{}`: {e}", path.display()))
+                        .hint("give the path of a readable PEM file"),
+                );
+                None
+            }
+        };
+        let (Some(mut bundle), Some(key_pem)) =
+            (read("tls_key", key), read("tls_certificate", cert))
+        else {
+            return None;
+        };
+        bundle.push(b'\n');
+        bundle.extend_from_slice(&key_pem);
+        if let Err(e) = reqwest::Identity::from_pem(&bundle) {
+            problems.push(
+                Problem::at(
+                    "tls_certificate",
+                    format!(
+                        "`{}` and `{}` do not make a client identity: {e}",
+                        cert.display(),
+                        key.display()
+                    ),
+                )
+                .hint("a PEM certificate chain and its private key (PKCS#8, PKCS#1 or SEC1)"),
+            );
+            return None;
+        }
+        Some(bundle)
     }
 
     /// Checks that sizes, intervals and backoffs are positive.
@@ -515,6 +599,17 @@ impl Config {
         dead_letter_path
     }
 
+    /// The output's dead-letter store with a client for its cluster, for `sheepdog
+    /// dead-letter`.
+    pub fn dead_letter_store(&self, ctx: &BuildContext) -> anyhow::Result<replay::Store> {
+        let settings = self.settings(ctx).map_err(|problems| {
+            let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+            anyhow::anyhow!("{}", text.join("; "))
+        })?;
+        let service = service::Service::new(&settings.service)?;
+        Ok(replay::Store::new(settings.dead_letter_path, service))
+    }
+
     pub fn start(&self, id: &str, ctx: &BuildContext) -> anyhow::Result<Started> {
         let settings = self.settings(ctx).map_err(|problems| {
             let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
@@ -602,7 +697,8 @@ impl Pending {
     /// Charges the documents' bytes to `budget` until the chunk is delivered. The charge is
     /// forced: a worker handing events over must not wait on room only delivery frees.
     fn charged_to(mut self, budget: &crate::budget::MemoryBudget) -> Self {
-        let bytes = self.chunk.buf.capacity() + self.chunk.ends.capacity() * std::mem::size_of::<u32>();
+        let bytes =
+            self.chunk.buf.capacity() + self.chunk.ends.capacity() * std::mem::size_of::<u32>();
         self._charge = Some(budget.force(bytes, crate::budget::Use::Output));
         self
     }
@@ -671,6 +767,51 @@ mod tests {
     }
 
     #[test]
+    fn client_certificates_need_both_files_and_skipped_verification_warns() {
+        let c = parse(
+            "hosts = \"https://es:9200\"\nindex = \"x\"\ntls_certificate = \"/nonexistent/c.pem\"",
+        )
+        .unwrap();
+        let problems = c.validate(&ctx());
+        assert!(
+            problems.iter().any(|p| p
+                .to_string()
+                .contains("needs both `tls_certificate` and `tls_key`")),
+            "{problems:?}"
+        );
+        let c = parse("hosts = \"https://es:9200\"\nindex = \"x\"\ntls_certificate = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"").unwrap();
+        let problems = c.validate(&ctx());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.is_error() && p.to_string().contains("cannot read `/nonexistent/")),
+            "{problems:?}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate").unwrap();
+        let text = format!(
+            "hosts = \"https://es:9200\"\nindex = \"x\"\ntls_certificate = \"{0}\"\ntls_key = \"{0}\"",
+            junk.display()
+        );
+        let problems = parse(&text).unwrap().validate(&ctx());
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.is_error() && p.to_string().contains("do not make a client identity")),
+            "{problems:?}"
+        );
+        let c =
+            parse("hosts = \"https://es:9200\"\nindex = \"x\"\ntls_skip_verify = true").unwrap();
+        let problems = c.validate(&ctx());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(!problems[0].is_error());
+        assert!(problems[0]
+            .to_string()
+            .contains("server certificates are not verified"));
+    }
+
+    #[test]
     fn shipped_keys_and_defaults() {
         let c = parse(
             r#"
@@ -705,7 +846,7 @@ mod tests {
         let c = parse("hosts = [\"https://es:9200\"]\nindex = \"app-%{+YYYY.MM.dd}\"\nuser = \"elastic\"\npassword = \"pw\"\nmax_retries = \"3\"").unwrap();
         let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
         assert_eq!(
-            s.service.authorization.as_deref(),
+            s.service.authorization.as_ref().map(Secret::expose),
             Some("Basic ZWxhc3RpYzpwdw==")
         );
         assert_eq!(s.max_retries, Some(3));
@@ -718,7 +859,10 @@ mod tests {
 
         let c = parse("hosts = \"es:9200\"\nindex = \"x\"\napi_key = \"abc\"").unwrap();
         let s = c.settings(&ctx()).unwrap_or_else(|p| panic!("{p:?}"));
-        assert_eq!(s.service.authorization.as_deref(), Some("ApiKey abc"));
+        assert_eq!(
+            s.service.authorization.as_ref().map(Secret::expose),
+            Some("ApiKey abc")
+        );
     }
 
     #[test]
@@ -762,6 +906,81 @@ mod tests {
 
         let err = parse("hosts = \"a\"\nindex = \"x\"\nbatch_size = 5").unwrap_err();
         assert!(err.contains("unknown field `batch_size`"), "{err}");
+    }
+
+    #[test]
+    fn credentials_in_host_urls_become_basic_auth() {
+        let auth = |toml: &str| {
+            let s = parse(toml)
+                .unwrap()
+                .settings(&ctx())
+                .unwrap_or_else(|p| panic!("{toml}: {p:?}"));
+            let debug = format!("{:?}", s.service);
+            assert!(!debug.contains("changeme"), "{debug}");
+            (
+                s.service.hosts,
+                s.service.authorization.map(|a| a.expose().to_string()),
+            )
+        };
+        // base64("elastic:changeme")
+        let basic = Some("Basic ZWxhc3RpYzpjaGFuZ2VtZQ==".to_string());
+        let (hosts, a) = auth("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"");
+        assert_eq!(
+            (hosts, a),
+            (vec!["http://es:9200".to_string()], basic.clone())
+        );
+        // The same login given twice, or split between URL and keys, is one login.
+        for extra in [
+            "user = \"elastic\"\npassword = \"changeme\"",
+            "password = \"changeme\"",
+        ] {
+            let toml =
+                format!("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"\n{extra}");
+            assert_eq!(auth(&toml).1, basic, "{extra}");
+        }
+        let toml = "hosts = \"http://elastic@es:9200\"\nindex = \"x\"\npassword = \"changeme\"";
+        assert_eq!(auth(toml).1, basic);
+    }
+
+    #[test]
+    fn credentials_in_host_urls_that_conflict_are_problems() {
+        let problems = |extra: &str| -> Vec<String> {
+            let toml =
+                format!("hosts = \"http://elastic:changeme@es:9200\"\nindex = \"x\"\n{extra}");
+            let text: Vec<String> = parse(&toml)
+                .unwrap()
+                .validate(&ctx())
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            for t in &text {
+                assert!(!t.contains("changeme") && !t.contains("0ther"), "{t}");
+            }
+            text
+        };
+        let text = problems("api_key = \"k3y\"");
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "error: api_key: `api_key` is set and a host URL carries a user and password"
+            ),
+            "{text:?}"
+        );
+        let text = problems("user = \"admin\"");
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(
+            text[0].starts_with(
+                "error: user: `user` is `admin` but a host URL names the user `elastic`"
+            ),
+            "{text:?}"
+        );
+        let text = problems("password = \"0ther\"");
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(
+            text[0]
+                .starts_with("error: password: `password` differs from the password in a host URL"),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! connect skipped for a while (fail-over to the next), basic or API-key auth, optional gzip.
 //! Each host's reachability is logged when it changes and shown as its own health component.
 
+use crate::config::secret::Secret;
 use crate::health::{HealthHandle, HealthRegistry, Status};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -12,10 +13,12 @@ pub struct ServiceConfig {
     /// Base URLs without a trailing slash.
     pub hosts: Vec<String>,
     /// A ready `Authorization` header value.
-    pub authorization: Option<String>,
+    pub authorization: Option<Secret>,
     pub request_timeout: Duration,
     pub gzip: bool,
     pub tls_ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and key, PEM.
+    pub tls_identity_pem: Option<Vec<u8>>,
     pub tls_skip_verify: bool,
     /// How long a host that refused a connection is skipped.
     pub dead_host_pause: Duration,
@@ -57,7 +60,8 @@ pub struct Service {
     client: reqwest::Client,
     hosts: Vec<Host>,
     next: AtomicUsize,
-    authorization: Option<String>,
+    /// The `Authorization` header, marked sensitive (hyper and reqwest print it redacted).
+    authorization: Option<reqwest::header::HeaderValue>,
     gzip: bool,
     dead_host_pause: Duration,
     epoch: Instant,
@@ -91,6 +95,9 @@ impl Service {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        if let Some(pem) = &config.tls_identity_pem {
+            builder = builder.identity(reqwest::Identity::from_pem(pem)?);
+        }
         Ok(Service {
             client: builder.build()?,
             hosts: config
@@ -104,7 +111,15 @@ impl Service {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
-            authorization: config.authorization.clone(),
+            authorization: config
+                .authorization
+                .as_ref()
+                .map(|a| {
+                    let mut value = reqwest::header::HeaderValue::from_str(a.expose())?;
+                    value.set_sensitive(true);
+                    Ok::<_, anyhow::Error>(value)
+                })
+                .transpose()?,
             gzip: config.gzip,
             dead_host_pause: config.dead_host_pause,
             epoch: Instant::now(),
@@ -180,7 +195,7 @@ impl Service {
                 .client
                 .request(method.clone(), format!("{}{path}", host.base));
             if let Some(auth) = &self.authorization {
-                request = request.header(reqwest::header::AUTHORIZATION, auth);
+                request = request.header(reqwest::header::AUTHORIZATION, auth.clone());
             }
             if let Some(body) = &body {
                 request = request
@@ -282,6 +297,7 @@ mod tests {
             request_timeout: Duration::from_secs(2),
             gzip: false,
             tls_ca_pem: None,
+            tls_identity_pem: None,
             tls_skip_verify: false,
             dead_host_pause: Duration::from_secs(60),
         })

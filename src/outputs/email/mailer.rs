@@ -5,6 +5,7 @@
 //! permanent ones (5xx) are logged with the server's reply.
 
 use crate::clock::Clock;
+use crate::config::secret::Secret;
 use crate::health::{HealthHandle, Status};
 use crate::metrics::Counter;
 use anyhow::Context;
@@ -43,7 +44,7 @@ pub struct SmtpSettings {
     pub tls: TlsMode,
     /// Extra trusted root certificates (PEM); when set, only these are trusted.
     pub ca_pem: Option<Vec<u8>>,
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<(String, Secret)>,
     pub connect_timeout: Duration,
     pub send_timeout: Duration,
 }
@@ -251,7 +252,10 @@ fn build_transport(s: &SmtpSettings) -> anyhow::Result<AsyncSmtpTransport<Tokio1
         });
     }
     if let Some((user, password)) = &s.credentials {
-        builder = builder.credentials(Credentials::new(user.clone(), password.clone()));
+        builder = builder.credentials(Credentials::new(
+            user.clone(),
+            password.expose().to_string(),
+        ));
     }
     Ok(builder.build())
 }

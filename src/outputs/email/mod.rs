@@ -11,6 +11,7 @@ use super::{BoxFuture, Output, Started};
 use crate::clock::{self, Clock};
 use crate::config::de;
 use crate::config::problem::Problem;
+use crate::config::secret::Secret;
 use crate::event::{format_timestamp_ms, Event, FieldPath};
 use crate::health::Status;
 use crate::metrics::Counter;
@@ -25,17 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use throttle::{Digest, DigestFields, Throttle, Verdict};
 use tokio_util::sync::CancellationToken;
-
-/// A string that is never printed (passwords).
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
-    }
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -338,10 +328,10 @@ impl Config {
     }
 
     /// The SMTP AUTH user and password: both or neither.
-    fn credentials(&self, problems: &mut Vec<Problem>) -> Option<(String, String)> {
-        match (self.username.is_empty(), self.password.0.is_empty()) {
+    fn credentials(&self, problems: &mut Vec<Problem>) -> Option<(String, Secret)> {
+        match (self.username.is_empty(), self.password.is_empty()) {
             (true, true) => None,
-            (false, false) => Some((self.username.clone(), self.password.0.clone())),
+            (false, false) => Some((self.username.clone(), self.password.clone())),
             (false, true) => {
                 problems.push(
                     Problem::at("password", "a username is set but the password is empty")
