@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 const CHUNK_EVENTS: usize = 1024;
 /// Inflated bytes produced per step between budget checks.
 const INFLATE_STEP: usize = 64 * 1024;
-/// Smallest allocation of a body buffer.
-const MIN_BUFFER: usize = 16 * 1024;
+/// Smallest allocation of a body buffer (less when the body announces less).
+const MIN_BUFFER: usize = 64 * 1024;
 /// The answer's header that counts the body's events that were queued.
 pub const ACCEPTED_HEADER: &str = "x-sheepdog-accepted";
 
@@ -331,7 +331,7 @@ fn reply(shared: &Shared, outcome: Result<(), Refusal>, progress: &Progress) -> 
 }
 
 /// Bytes held for a request with their charge on the memory budget, which covers the
-/// buffer's capacity (or, for a body of announced length, the bytes received so far).
+/// buffer's capacity.
 struct Held {
     buf: Vec<u8>,
     charge: Charge,
@@ -405,12 +405,10 @@ async fn read_body(
     clock: &mut Clock,
 ) -> Result<Held, Refusal> {
     let mut held = Held::new(&shared.budget);
-    if let Some(len) = announced {
-        // One allocation of the announced length, no copies as it fills. Its pages become
-        // resident only as bytes are written, so the charge follows the bytes received: a
-        // client announcing much and sending little holds only what it sent.
-        held.buf.reserve_exact(len);
-    }
+    // The buffer grows (charged before it is allocated) with the bytes that arrive, up to the
+    // announced length: a client announcing much and sending little holds only about what it
+    // sent. Charging the announced length as the bytes arrive instead would not do: a reused
+    // allocation is resident whether or not this body wrote to it.
     let most = announced.unwrap_or(shared.limit).min(shared.limit);
     loop {
         let started = Instant::now();
@@ -431,11 +429,7 @@ async fn read_body(
         if held.buf.len() + data.len() > shared.limit {
             return Err(Refusal::TooLarge);
         }
-        if announced.is_some() && held.buf.len() + data.len() <= held.buf.capacity() {
-            grow(&mut held.charge, data.len(), shared, clock).await?;
-        } else {
-            held.make_room(data.len(), most, shared, clock).await?;
-        }
+        held.make_room(data.len(), most, shared, clock).await?;
         held.buf.extend_from_slice(&data);
         shared.metrics.bytes_in.add(data.len() as u64);
     }
