@@ -11,3 +11,6 @@ mod harness;
 
 #[path = "hostile/beats.rs"]
 mod beats;
+
+#[path = "hostile/http.rs"]
+mod http;

@@ -205,10 +205,21 @@ fn gzip_bodies_and_reply_codes() {
             .as_u16(),
         405
     );
-    assert_eq!(
-        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
-        Some(0.0)
-    );
+    for (reason, n) in [
+        ("unauthorized", 2.0),
+        ("too_large", 2.0),
+        ("bad_gzip", 1.0),
+        ("method", 1.0),
+        ("queue_full", 0.0),
+    ] {
+        assert_eq!(
+            dog.metric(&format!(
+                "sheepdog_input_rejected_total{{input=\"http\",reason=\"{reason}\"}}"
+            )),
+            Some(n),
+            "{reason}"
+        );
+    }
 }
 
 #[test]
@@ -251,7 +262,7 @@ fn a_full_queue_holds_requests_for_queue_wait_then_answers_429() {
         "answered after {waited:?}"
     );
     assert_eq!(
-        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
+        dog.metric("sheepdog_input_rejected_total{input=\"http\",reason=\"queue_full\"}"),
         Some(1.0)
     );
 }
@@ -387,12 +398,117 @@ queue_max_events = 1
     assert_eq!(resp.status().as_u16(), 429);
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_eq!(
-        dog.metric("sheepdog_input_rejected_total{input=\"http\"}"),
+        dog.metric("sheepdog_input_rejected_total{input=\"http\",reason=\"queue_full\"}"),
         Some(1.0)
     );
     assert_eq!(
         dog.metric("sheepdog_input_parse_failures_total{input=\"http\"}"),
         Some(0.0),
         "a refused body is not decoded"
+    );
+}
+
+/// The status code of the first answer on `s`, 0 when it was closed without one.
+fn status_on(s: &mut std::net::TcpStream, wait: Duration) -> u16 {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 256];
+    match s.read(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n])
+            .get(9..12)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+        Err(e) => panic!("no answer within {wait:?}: {e}"),
+    }
+}
+
+#[test]
+fn connection_and_request_caps_and_header_timeout() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let out = out_path();
+    let dog = Sheepdog::start(
+        pipeline_with_file_output(
+            &out,
+            "max_connections = 2\nmax_pending_requests = 1\nheader_read_timeout = \"1s\"",
+            "",
+        ),
+        &[],
+    );
+    // A request in progress (half its body sent) holds the one pending-request slot.
+    let mut slow = TcpStream::connect(&dog.http_addr).unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{\"a\"")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let resp = client().post(&dog.http_url).body("{}").send().unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(resp.headers()["x-sheepdog-accepted"], "0");
+    slow.write_all(b":1}\n\n\n").unwrap();
+    assert_eq!(status_on(&mut slow, Duration::from_secs(5)), 200);
+    // Two connections open (the slow one, kept alive, and an idle one): a third is refused.
+    let mut idle = TcpStream::connect(&dog.http_addr).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = TcpStream::connect(&dog.http_addr).unwrap();
+    assert_eq!(status_on(&mut third, Duration::from_secs(5)), 503);
+    // Both are closed once header_read_timeout passes without a request.
+    let started = Instant::now();
+    assert_eq!(status_on(&mut idle, Duration::from_secs(5)), 0);
+    assert_eq!(status_on(&mut slow, Duration::from_secs(5)), 0);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(dog.post("{\"b\":1}", "application/json").0, 200);
+    assert_eq!(read_events(&out, 2).len(), 2);
+    for (metric, n) in [
+        ("sheepdog_http_connections_refused_total{input=\"http\"}", 1.0),
+        ("sheepdog_http_header_timeouts_total{input=\"http\"}", 2.0),
+        (
+            "sheepdog_input_rejected_total{input=\"http\",reason=\"too_many_requests\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(dog.metric(metric), Some(n), "{metric}");
+    }
+}
+
+#[test]
+fn https_with_the_beats_ssl_settings() {
+    let dir = temp_file("https-marker", "").parent().unwrap().to_path_buf();
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .unwrap();
+    let cert_path = dir.join("server.pem");
+    let key_path = dir.join("server.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let out = out_path();
+    let tls = format!(
+        "ssl_enabled = true\nssl_certificate = \"{}\"\nssl_key = \"{}\"\ntoken = \"s3cret\"",
+        cert_path.display(),
+        key_path.display()
+    );
+    let dog = Sheepdog::start(pipeline_with_file_output(&out, &tls, ""), &[]);
+    let https = reqwest::blocking::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("https://{}/", dog.http_addr);
+    let resp = https
+        .post(&url)
+        .bearer_auth("s3cret")
+        .body("{\"request_id\":\"tls1\"}")
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers()["x-sheepdog-accepted"], "1");
+    let wrong = https.post(&url).bearer_auth("s3cre").body("{}").send().unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    // Plain HTTP on the HTTPS port gets no answer.
+    assert!(client().post(&dog.http_url).body("{}").send().is_err());
+    let events = read_events(&out, 1);
+    assert_eq!(events[0]["request_id"], "tls1");
+    assert_eq!(
+        dog.metric("sheepdog_http_tls_handshake_failures_total{input=\"http\"}"),
+        Some(1.0)
     );
 }
