@@ -95,6 +95,14 @@ fn refused_documents_are_listed_by_reason_and_replayed_once_the_mapping_is_fixed
     wait_for(Duration::from_secs(30), "three dead letters", || {
         (letters(&store).len() == 3).then_some(())
     });
+    // Each letter keeps the document's id (the shipped pipeline's request_id), which a replay
+    // sends again.
+    let mut ids: Vec<String> = letters(&store)
+        .iter()
+        .map(|l| l["id"].as_str().unwrap_or_default().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, sent);
 
     let (code, listed) = dead_letter(&["list"], &env);
     assert_eq!(code, 0, "{listed}");
@@ -138,6 +146,13 @@ fn refused_documents_are_listed_by_reason_and_replayed_once_the_mapping_is_fixed
     assert!(letters(&store).is_empty(), "{:?}", letters(&store));
     let ids = indexed_ids(&es);
     assert_eq!(ids, sent, "each replayed document indexed once");
+    let hits = es.search(
+        "holysheep-logs-*",
+        &json!({"size": 10, "query": {"prefix": {"request_id": "dl-"}}}),
+    );
+    for hit in hits["hits"]["hits"].as_array().unwrap() {
+        assert_eq!(hit["_id"], hit["_source"]["request_id"], "{hit}");
+    }
     let (_, listed) = dead_letter(&["list"], &env);
     assert!(listed.contains("0 documents"), "{listed}");
     // The daemon goes on writing to the store after the replay took it aside.

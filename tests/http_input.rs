@@ -460,7 +460,10 @@ fn connection_and_request_caps_and_header_timeout() {
     assert_eq!(dog.post("{\"b\":1}", "application/json").0, 200);
     assert_eq!(read_events(&out, 2).len(), 2);
     for (metric, n) in [
-        ("sheepdog_http_connections_refused_total{input=\"http\"}", 1.0),
+        (
+            "sheepdog_http_connections_refused_total{input=\"http\"}",
+            1.0,
+        ),
         ("sheepdog_http_header_timeouts_total{input=\"http\"}", 2.0),
         (
             "sheepdog_input_rejected_total{input=\"http\",reason=\"too_many_requests\"}",
@@ -473,9 +476,12 @@ fn connection_and_request_caps_and_header_timeout() {
 
 #[test]
 fn https_with_the_beats_ssl_settings() {
-    let dir = temp_file("https-marker", "").parent().unwrap().to_path_buf();
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap();
+    let dir = temp_file("https-marker", "")
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let cert_path = dir.join("server.pem");
     let key_path = dir.join("server.key");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
@@ -501,7 +507,12 @@ fn https_with_the_beats_ssl_settings() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 200);
     assert_eq!(resp.headers()["x-sheepdog-accepted"], "1");
-    let wrong = https.post(&url).bearer_auth("s3cre").body("{}").send().unwrap();
+    let wrong = https
+        .post(&url)
+        .bearer_auth("s3cre")
+        .body("{}")
+        .send()
+        .unwrap();
     assert_eq!(wrong.status().as_u16(), 401);
     // Plain HTTP on the HTTPS port gets no answer.
     assert!(client().post(&dog.http_url).body("{}").send().is_err());

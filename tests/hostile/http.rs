@@ -91,7 +91,10 @@ fn gzip_bomb() {
             "{attack}: answered {status} after {took:?}"
         );
         // queue_wait (5s) of waiting, plus inflating and decoding 10 MB in a debug build.
-        assert!(took < Duration::from_secs(60), "{attack}: answered after {took:?}");
+        assert!(
+            took < Duration::from_secs(60),
+            "{attack}: answered after {took:?}"
+        );
         assert!(accepted <= 3_400_000);
     }
     let peak = t.assert_survived(attack);
@@ -139,7 +142,12 @@ fn stalled_uploads() {
     let attack = "300 HTTP uploads stalled mid-body";
     let timeout = Duration::from_secs(3);
     let t = Target::start(&[("HTTP_BODY_READ_TIMEOUT", "3s")]);
-    let addr = t.dog.http_url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let addr = t
+        .dog
+        .http_url
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
     let stalled_at = Instant::now();
     let mut stalled: Vec<TcpStream> = (0..300).map(|_| stalled_upload(&addr)).collect();
     let honest = honest_alongside(&t, "loris", Instant::now() + Duration::from_secs(60));
@@ -156,7 +164,8 @@ fn stalled_uploads() {
     let peak = t.assert_survived(attack);
     check_honest(&t.es, &honest, attack);
     assert_eq!(
-        t.dog.metric("sheepdog_input_rejected_total{input=\"http\",reason=\"body_timeout\"}"),
+        t.dog
+            .metric("sheepdog_input_rejected_total{input=\"http\",reason=\"body_timeout\"}"),
         Some(300.0)
     );
     report(attack, peak, &honest);
@@ -195,7 +204,11 @@ fn post_until_taken(url: &str, body: Vec<u8>, deadline: Instant) -> (bool, usize
     let mut rest = body;
     let mut partial = 0;
     while Instant::now() < deadline {
-        let answer = post(url, rest.clone(), &[("content-type", "application/x-ndjson")]);
+        let answer = post(
+            url,
+            rest.clone(),
+            &[("content-type", "application/x-ndjson")],
+        );
         match answer {
             Some((200, _)) => return (true, partial),
             Some((_, accepted)) if accepted > 0 => {
@@ -259,8 +272,13 @@ fn large_bodies_while_elasticsearch_is_down() {
     );
     // The stated bound: body_read_timeout (30s) + queue_wait (5s) + inflating and decoding.
     let took = started.elapsed();
-    assert!(took < Duration::from_secs(40), "{attack}: answered after {took:?}");
-    eprintln!("{attack}: a 4 MiB body was answered 429 after {took:?} while Elasticsearch was down");
+    assert!(
+        took < Duration::from_secs(40),
+        "{attack}: answered after {took:?}"
+    );
+    eprintln!(
+        "{attack}: a 4 MiB body was answered 429 after {took:?} while Elasticsearch was down"
+    );
     let honest_url = t.dog.http_url.clone();
     let honest = std::thread::spawn(move || {
         let mut h = Honest::new("down");
@@ -329,6 +347,9 @@ fn deeply_nested_and_non_utf8_json() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(tagged(), expected, "{attack}: tagged events indexed");
-    assert!(client().get(format!("{}/health", t.dog.api_url)).send().is_ok());
+    assert!(client()
+        .get(format!("{}/health", t.dog.api_url))
+        .send()
+        .is_ok());
     report(attack, peak, &honest);
 }

@@ -319,7 +319,10 @@ mod tests {
         assert_eq!(docs("[] x"), vec![Doc::Broken(b"x")]);
         assert_eq!(
             docs("[{\"a\":1}, {\"b\":\"unterminated"),
-            vec![Doc::Json(b"{\"a\":1}"), Doc::Broken(b", {\"b\":\"unterminated")]
+            vec![
+                Doc::Json(b"{\"a\":1}"),
+                Doc::Broken(b", {\"b\":\"unterminated")
+            ]
         );
     }
 

@@ -16,8 +16,8 @@ mod serve;
 
 pub use decode::{decode_body, parse_object, Decoder, Doc, Documents};
 
-use super::check_address;
 use super::beats::tls::{self, ClientAuth};
+use super::check_address;
 use crate::config::de;
 use crate::config::problem::Problem;
 use crate::config::secret::Secret;
@@ -55,7 +55,10 @@ pub struct Config {
     #[serde(default = "d_queue_wait", deserialize_with = "de::duration")]
     pub queue_wait: Duration,
     /// Connections served at once; one more is answered 503 and closed. Default 1024.
-    #[serde(default = "d_max_connections", deserialize_with = "de::from_str_or_value")]
+    #[serde(
+        default = "d_max_connections",
+        deserialize_with = "de::from_str_or_value"
+    )]
     pub max_connections: usize,
     /// Requests being answered at once; one more is answered 429 at once (Logstash's
     /// `max_pending_requests`). Default 512.
@@ -172,7 +175,9 @@ impl Config {
     /// The TLS settings' problems: unreadable or mismatched files, or settings while TLS is off.
     fn validate_tls(&self) -> Vec<Problem> {
         if self.ssl_enabled {
-            return tls::server_config(&self.tls_files()).err().unwrap_or_default();
+            return tls::server_config(&self.tls_files())
+                .err()
+                .unwrap_or_default();
         }
         let given = self.ssl_certificate.is_some()
             || self.ssl_key.is_some()
@@ -227,7 +232,9 @@ impl Config {
             source: Arc::from(id),
             tags: self.tags.clone(),
             limit: self.max_body_size as usize,
-            auth: self.expected_authorization().map(|a| request::Auth::new(&a)),
+            auth: self
+                .expected_authorization()
+                .map(|a| request::Auth::new(&a)),
             queue,
             queue_wait: self.queue_wait,
             body_timeout: self.body_read_timeout,

@@ -475,8 +475,7 @@ async fn queue_documents(
         chunk.clear();
         let mut cost = 0;
         while let Some(doc) = docs.next_if(|d| {
-            chunk.is_empty()
-                || (chunk.len() < most && cost + budget::event_bytes(d.len()) <= share)
+            chunk.is_empty() || (chunk.len() < most && cost + budget::event_bytes(d.len()) <= share)
         }) {
             cost += budget::event_bytes(doc.len());
             chunk.push(doc);
@@ -485,7 +484,10 @@ async fn queue_documents(
         let mut charge = shared.budget.empty(Use::HttpBody);
         grow(&mut charge, cost, shared, clock).await?;
         let before = decoder.failures;
-        let events: Vec<Event> = chunk.iter().map(|d| tagged(shared, decoder.event(*d))).collect();
+        let events: Vec<Event> = chunk
+            .iter()
+            .map(|d| tagged(shared, decoder.event(*d)))
+            .collect();
         shared.metrics.parse_failures.add(decoder.failures - before);
         let n = events.len();
         match room.send(&shared.source, events, &mut charge) {
@@ -545,7 +547,10 @@ mod tests {
     }
 
     fn ndjson(n: usize) -> Vec<u8> {
-        (0..n).map(|i| format!("{{\"n\":{i}}}\n")).collect::<String>().into_bytes()
+        (0..n)
+            .map(|i| format!("{{\"n\":{i}}}\n"))
+            .collect::<String>()
+            .into_bytes()
     }
 
     async fn queue(s: &Shared, body: &[u8]) -> (Result<(), Refusal>, usize) {
@@ -581,7 +586,11 @@ mod tests {
     #[tokio::test]
     async fn a_stalled_queue_answers_within_queue_wait_with_the_events_taken() {
         let (tx, rx) = crate::queue::bounded(4, 4, Gauge::default());
-        let s = shared(tx, MemoryBudget::unmetered(1 << 20), Duration::from_millis(200));
+        let s = shared(
+            tx,
+            MemoryBudget::unmetered(1 << 20),
+            Duration::from_millis(200),
+        );
         let started = Instant::now();
         let (r, accepted) = queue(&s, &ndjson(10)).await;
         assert_eq!((r, accepted), (Err(Refusal::QueueFull), 4));
@@ -627,14 +636,20 @@ mod tests {
         assert_eq!(over.err(), Some(Refusal::TooLarge));
         let mut bad = Held::new(&budget);
         bad.buf = b"nope".to_vec();
-        assert_eq!(inflate(&s, bad, &mut clock).await.err(), Some(Refusal::BadGzip));
+        assert_eq!(
+            inflate(&s, bad, &mut clock).await.err(),
+            Some(Refusal::BadGzip)
+        );
         assert_eq!(budget.used(), 0);
         // Too little budget for the inflated bytes: refused once the wait ran out.
         let small = MemoryBudget::unmetered(256 << 10);
         let s = shared(s.queue.clone(), small, Duration::from_millis(20));
         let mut held = Held::new(&s.budget);
         held.buf = gz(1 << 20).buf.clone();
-        assert_eq!(inflate(&s, held, &mut clock).await.err(), Some(Refusal::Memory));
+        assert_eq!(
+            inflate(&s, held, &mut clock).await.err(),
+            Some(Refusal::Memory)
+        );
     }
 
     #[test]
@@ -645,6 +660,9 @@ mod tests {
         assert!(!auth.accepts(b"Bearer s3cret "));
         assert!(!auth.accepts(b""));
         assert_eq!(auth.challenge, "Bearer");
-        assert_eq!(Auth::new("Basic dTpw").challenge, "Basic realm=\"sheepdog\"");
+        assert_eq!(
+            Auth::new("Basic dTpw").challenge,
+            "Basic realm=\"sheepdog\""
+        );
     }
 }

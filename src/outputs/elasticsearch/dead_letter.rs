@@ -18,6 +18,8 @@ use std::sync::Mutex;
 /// One refused document.
 pub struct Letter<'a> {
     pub index: &'a str,
+    /// The document's `_id`, when the output gave it one (a replay sends it again).
+    pub id: Option<&'a str>,
     pub status: u16,
     pub error_type: &'a str,
     pub reason: &'a str,
@@ -169,7 +171,7 @@ fn leftover_copies(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(copies)
 }
 
-/// `{"@timestamp":…,"index":…,"status":…,"error":{"type":…,"reason":…},"document":{…}}\n`
+/// `{"@timestamp":…,"index":…[,"id":…],"status":…,"error":{"type":…,"reason":…},"document":{…}}\n`
 pub fn encode_line(letter: &Letter<'_>, now_ms: i64, out: &mut Vec<u8>) {
     let str_json = |s: &str, out: &mut Vec<u8>| {
         let _ = serde_json::to_writer(&mut *out, s);
@@ -178,6 +180,10 @@ pub fn encode_line(letter: &Letter<'_>, now_ms: i64, out: &mut Vec<u8>) {
     str_json(&format_timestamp_ms(now_ms), out);
     out.extend_from_slice(b",\"index\":");
     str_json(letter.index, out);
+    if let Some(id) = letter.id {
+        out.extend_from_slice(b",\"id\":");
+        str_json(id, out);
+    }
     out.extend_from_slice(b",\"status\":");
     out.extend_from_slice(itoa::Buffer::new().format(letter.status).as_bytes());
     out.extend_from_slice(b",\"error\":{\"type\":");
@@ -201,6 +207,7 @@ mod tests {
     fn line_format_is_exact() {
         let letter = Letter {
             index: "holysheep-logs-2026.11.27",
+            id: Some("req-7"),
             status: 400,
             error_type: "mapper_parsing_exception",
             reason: "failed to parse field [total_tokens]: For input string: \"abc\"",
@@ -212,7 +219,7 @@ mod tests {
             String::from_utf8(out).unwrap(),
             concat!(
                 r#"{"@timestamp":"2026-11-27T10:15:02.123Z","index":"holysheep-logs-2026.11.27","#,
-                r#""status":400,"error":{"type":"mapper_parsing_exception","#,
+                r#""id":"req-7","status":400,"error":{"type":"mapper_parsing_exception","#,
                 r#""reason":"failed to parse field [total_tokens]: For input string: \"abc\""},"#,
                 r#""document":{"total_tokens":"abc"}}"#,
                 "\n"
@@ -227,6 +234,7 @@ mod tests {
         let file = DeadLetterFile::new(path.clone());
         let letter = |doc: &'static [u8]| Letter {
             index: "i",
+            id: None,
             status: 400,
             error_type: "t",
             reason: "r",
@@ -261,6 +269,7 @@ mod tests {
         let file = DeadLetterFile::new(path.clone());
         let letter = |doc: &'static [u8]| Letter {
             index: "i",
+            id: None,
             status: 400,
             error_type: "t",
             reason: "r",

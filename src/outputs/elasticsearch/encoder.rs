@@ -43,6 +43,8 @@ impl Chunk {
 /// An item split back into its parts, for the dead-letter file.
 pub struct ItemParts<'a> {
     pub index: String,
+    /// The `_id` the action gave the document, if any.
+    pub id: Option<String>,
     /// The document as sent (one JSON object, no newline).
     pub document: &'a [u8],
 }
@@ -81,14 +83,18 @@ pub fn split_item(item: &[u8]) -> ItemParts<'_> {
     if document.last() == Some(&b'\n') {
         document = &document[..document.len() - 1];
     }
-    let index = serde_json::from_slice::<serde_json::Value>(action)
+    let meta = serde_json::from_slice::<serde_json::Value>(action)
         .ok()
-        .and_then(|v| {
-            let action = v.get("index").or_else(|| v.get("create"))?;
-            action.get("_index")?.as_str().map(str::to_string)
-        })
-        .unwrap_or_default();
-    ItemParts { index, document }
+        .and_then(|v| v.get("index").or_else(|| v.get("create")).cloned());
+    let field = |name: &str| {
+        meta.as_ref()
+            .and_then(|m| m.get(name)?.as_str().map(str::to_string))
+    };
+    ItemParts {
+        index: field("_index").unwrap_or_default(),
+        id: field("_id"),
+        document,
+    }
 }
 
 /// Bulk action lines already rendered, one per day number (`days since the epoch`, line).

@@ -275,6 +275,7 @@ async fn send_batch(
         encode_line(
             &Letter {
                 index: &letter.index,
+                id: letter.id.as_deref(),
                 status: *status,
                 error_type,
                 reason,
@@ -340,6 +341,7 @@ mod tests {
             encode_line(
                 &Letter {
                     index: "i",
+                    id: None,
                     status: 400,
                     error_type: "mapper_parsing_exception",
                     reason: &reason,

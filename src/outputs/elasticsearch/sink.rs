@@ -453,6 +453,7 @@ impl Sink {
             .zip(&parts)
             .map(|(&(_, status, error_type, reason), p)| Letter {
                 index: &p.index,
+                id: p.id.as_deref(),
                 status,
                 error_type,
                 reason,
