@@ -239,7 +239,8 @@ impl FilterStage {
     }
 
     /// Moves the events at `hit` (ascending indices, with their panic messages) out of
-    /// `events` into `panicked`, logging each once and counting it.
+    /// `events` into `panicked`, counting them; one log line per batch names how many and the
+    /// first message, so a stage that panics on every event does not flood the log.
     #[cold]
     fn take_panicked(
         &self,
@@ -248,9 +249,11 @@ impl FilterStage {
         panicked: &mut Vec<Panicked>,
     ) {
         self.panics.add(hit.len() as u64);
+        if let Some((_, message)) = hit.first() {
+            tracing::error!(stage = %self.id, events = hit.len(), panic = %message, "filter stage panicked on events of a batch; they go to the filter dead-letter file and the batch goes on");
+        }
         let first = panicked.len();
         for (index, message) in hit.into_iter().rev() {
-            tracing::error!(stage = %self.id, panic = %message, "filter stage panicked on an event; the event goes to the filter dead-letter file and the batch goes on");
             panicked.push(Panicked {
                 stage: self.id.clone(),
                 message,
