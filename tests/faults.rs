@@ -25,6 +25,8 @@ enum Fault {
     DropReply,
     /// Remove every third item from the request, forward the rest, and answer those items 429.
     RefuseItems,
+    /// Forward, and answer only after the client's request timeout has passed.
+    SlowReply,
 }
 
 /// Counts of what the proxy did.
@@ -100,6 +102,14 @@ fn serve(conn: TcpStream, upstream: &str, faults: &[Fault], counts: &Counts) {
                 forward(upstream, &method, &path, &headers, kept).unwrap_or((502, b"{}".to_vec()));
             respond(&mut conn, status, &merge_reply(&reply, &refused));
         }
+        Fault::SlowReply => {
+            let reply = forward(upstream, &method, &path, &headers, body);
+            counts.dropped.fetch_add(1, Ordering::Relaxed);
+            std::thread::sleep(SLOW_REPLY);
+            if let Some((status, reply)) = reply {
+                respond(&mut conn, status, &reply);
+            }
+        }
         Fault::None => match forward(upstream, &method, &path, &headers, body) {
             Some((status, reply)) => respond(&mut conn, status, &reply),
             None => respond(&mut conn, 502, b"{}"),
@@ -108,6 +118,9 @@ fn serve(conn: TcpStream, upstream: &str, faults: &[Fault], counts: &Counts) {
 }
 
 type Request = (String, String, Vec<(String, String)>, Vec<u8>);
+
+/// How long a slow reply takes: past the `request_timeout` the slow-cluster test sets.
+const SLOW_REPLY: Duration = Duration::from_secs(4);
 
 fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut line = String::new();
@@ -287,6 +300,47 @@ fn elasticsearch_away_for_a_minute_mid_stream_loses_and_doubles_nothing() {
         &dog,
         4000,
         Duration::from_secs(120),
+    );
+    assert!(dog.stop().success());
+}
+
+#[test]
+fn a_request_timeout_is_retried_with_the_same_ids() {
+    let es = Osmem::start();
+    let proxy = start_proxy(es.url.clone(), vec![Fault::None, Fault::SlowReply]);
+    // The shipped pipeline with a request timeout the slow replies overrun: each such bulk was
+    // applied by the cluster, but sheepdog cannot know it and sends it again.
+    let shipped =
+        std::fs::read_to_string(common::repo_root().join("pipelines/holysheep.toml")).unwrap();
+    let patched = shipped.replacen(
+        "action = \"create\"\n",
+        "action = \"create\"\nrequest_timeout = \"2s\"\n",
+        1,
+    );
+    assert_ne!(
+        patched, shipped,
+        "the shipped pipeline still has action = \"create\""
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("slow-cluster.toml");
+    std::fs::write(&config, patched).unwrap();
+    let mut dog = Sheepdog::start(&config, &[("ES_HOSTS", &proxy.url)]);
+    post_events(&dog, 0, 2000);
+    // The late bulk's documents come back as already indexed once its retry is answered.
+    let duplicates = "sheepdog_es_documents_total{output=\"elasticsearch\",outcome=\"duplicate\"}";
+    common::wait_for(Duration::from_secs(60), "the resent bulk's 409s", || {
+        (dog.metric(duplicates).unwrap_or(0.0) > 0.0).then_some(())
+    });
+    settle(
+        "replies slower than request_timeout",
+        &es,
+        &dog,
+        2000,
+        Duration::from_secs(120),
+    );
+    assert!(
+        proxy.counts.dropped.load(Ordering::Relaxed) > 0,
+        "some replies came too late"
     );
     assert!(dog.stop().success());
 }
