@@ -104,13 +104,16 @@ pub struct Config {
     #[serde(default)]
     pub ssl_key: Option<PathBuf>,
     /// PEM CA certificates that sign client certificates.
-    #[serde(default, deserialize_with = "path_list")]
+    #[serde(default, deserialize_with = "tls::path_list")]
     pub ssl_certificate_authorities: Vec<PathBuf>,
     /// `none` (default), `optional` or `required`.
     #[serde(default)]
     pub ssl_client_authentication: ClientAuth,
     /// How long a TLS handshake may take. Default `10s`.
-    #[serde(default = "d_handshake", deserialize_with = "de::duration")]
+    #[serde(
+        default = "tls::default_handshake_timeout",
+        deserialize_with = "de::duration"
+    )]
     pub ssl_handshake_timeout: Duration,
 }
 
@@ -141,14 +144,6 @@ fn d_max_frame() -> u64 {
 fn d_max_window() -> u32 {
     16384
 }
-fn d_handshake() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn path_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-    Ok(de::string_list(d)?.into_iter().map(PathBuf::from).collect())
-}
-
 impl Config {
     fn tls_files(&self) -> tls::TlsFiles<'_> {
         tls::TlsFiles {
@@ -198,21 +193,11 @@ impl Config {
         if self.max_window_size == 0 {
             problems.push(Problem::at("max_window_size", "must be at least 1"));
         }
-        if self.ssl_enabled {
-            if let Err(errs) = tls::server_config(&self.tls_files()) {
-                problems.extend(errs);
-            }
-        } else if self.ssl_certificate.is_some()
-            || self.ssl_key.is_some()
-            || !self.ssl_certificate_authorities.is_empty()
-            || self.ssl_client_authentication != ClientAuth::None
-        {
-            problems.push(
-                Problem::at("ssl_enabled", "TLS settings are given but TLS is off")
-                    .hint("set ssl_enabled = true to serve TLS")
-                    .warning(),
-            );
-        }
+        problems.extend(tls::settings_problems(
+            self.ssl_enabled,
+            &self.tls_files(),
+            "TLS",
+        ));
         problems
     }
 

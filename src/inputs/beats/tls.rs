@@ -28,6 +28,46 @@ pub struct TlsFiles<'a> {
     pub client_auth: ClientAuth,
 }
 
+impl TlsFiles<'_> {
+    /// Whether any TLS setting is given.
+    fn any_given(&self) -> bool {
+        self.certificate.is_some()
+            || self.key.is_some()
+            || !self.authorities.is_empty()
+            || self.client_auth != ClientAuth::None
+    }
+}
+
+/// The problems of an input's TLS settings (the Beats and HTTP inputs share them): those of
+/// the server configuration when TLS is on (`enabled`), or a warning when settings are given
+/// while it is off. `serves` names what `ssl_enabled` would serve, for the hint.
+pub fn settings_problems(enabled: bool, files: &TlsFiles<'_>, serves: &str) -> Vec<Problem> {
+    if enabled {
+        return server_config(files).err().unwrap_or_default();
+    }
+    if !files.any_given() {
+        return Vec::new();
+    }
+    vec![
+        Problem::at("ssl_enabled", "TLS settings are given but TLS is off")
+            .hint(format!("set ssl_enabled = true to serve {serves}"))
+            .warning(),
+    ]
+}
+
+/// `ssl_handshake_timeout`'s default: 10 s.
+pub fn default_handshake_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+/// `ssl_certificate_authorities`: one path or a list of paths.
+pub fn path_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    Ok(crate::config::de::string_list(d)?
+        .into_iter()
+        .map(PathBuf::from)
+        .collect())
+}
+
 fn read(key: &str, path: &Path) -> Result<Vec<u8>, Problem> {
     std::fs::read(path).map_err(|e| {
         Problem::at(key, format!("cannot read `{}`: {e}", path.display()))

@@ -86,13 +86,16 @@ pub struct Config {
     #[serde(default)]
     pub ssl_key: Option<PathBuf>,
     /// PEM CA certificates that sign client certificates.
-    #[serde(default, deserialize_with = "path_list")]
+    #[serde(default, deserialize_with = "tls::path_list")]
     pub ssl_certificate_authorities: Vec<PathBuf>,
     /// `none` (default), `optional` or `required`.
     #[serde(default)]
     pub ssl_client_authentication: ClientAuth,
     /// How long a TLS handshake may take. Default `10s`.
-    #[serde(default = "d_handshake", deserialize_with = "de::duration")]
+    #[serde(
+        default = "tls::default_handshake_timeout",
+        deserialize_with = "de::duration"
+    )]
     pub ssl_handshake_timeout: Duration,
 }
 
@@ -113,13 +116,6 @@ fn d_header_timeout() -> Duration {
 }
 fn d_body_timeout() -> Duration {
     Duration::from_secs(30)
-}
-fn d_handshake() -> Duration {
-    Duration::from_secs(10)
-}
-
-fn path_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
-    Ok(de::string_list(d)?.into_iter().map(PathBuf::from).collect())
 }
 
 impl Config {
@@ -168,29 +164,12 @@ impl Config {
                 problems.push(Problem::at(key, "must be longer than zero"));
             }
         }
-        problems.extend(self.validate_tls());
+        problems.extend(tls::settings_problems(
+            self.ssl_enabled,
+            &self.tls_files(),
+            "HTTPS",
+        ));
         problems
-    }
-
-    /// The TLS settings' problems: unreadable or mismatched files, or settings while TLS is off.
-    fn validate_tls(&self) -> Vec<Problem> {
-        if self.ssl_enabled {
-            return tls::server_config(&self.tls_files())
-                .err()
-                .unwrap_or_default();
-        }
-        let given = self.ssl_certificate.is_some()
-            || self.ssl_key.is_some()
-            || !self.ssl_certificate_authorities.is_empty()
-            || self.ssl_client_authentication != ClientAuth::None;
-        if !given {
-            return Vec::new();
-        }
-        vec![
-            Problem::at("ssl_enabled", "TLS settings are given but TLS is off")
-                .hint("set ssl_enabled = true to serve HTTPS")
-                .warning(),
-        ]
     }
 
     /// The value a request's `Authorization` header must have, when authentication is on.
