@@ -659,51 +659,6 @@ fn pylogbeat_is_a_second_independent_client() {
     }
 }
 
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-/// A CA, a server certificate for 127.0.0.1/localhost (PKCS#8 key) and a client certificate.
-fn make_pki(dir: &Path) -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "sheepdog test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf = |name: &str, purpose: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut p =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.extended_key_usages = vec![purpose];
-        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_pem, server_key) = leaf("sheepdog", ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_pem, client_key) = leaf("filebeat", ExtendedKeyUsagePurpose::ClientAuth);
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    Pki {
-        ca: write("ca.pem", &ca.pem()),
-        server_cert: write("server.pem", &server_pem),
-        server_key: write("server.key", &server_key),
-        client_cert: write("client.pem", &client_pem),
-        client_key: write("client.key", &client_key),
-    }
-}
-
 fn tls_settings(pki: &Pki, client_auth: &str) -> String {
     format!(
         "ssl_enabled = true\nssl_certificate = \"{}\"\nssl_key = \"{}\"\nssl_certificate_authorities = [\"{}\"]\nssl_client_authentication = \"{client_auth}\"\nssl_handshake_timeout = \"5s\"",

@@ -4,56 +4,10 @@
 
 mod common;
 
-use common::{free_port, Osmem, Sheepdog};
+use common::{free_port, make_pki, Osmem, Pki, Sheepdog};
 use serde_json::json;
 use sheepdog::inputs::beats::tls::{server_config, ClientAuth, TlsFiles};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-/// A CA, a server certificate for localhost/127.0.0.1 and a client certificate.
-fn make_pki(dir: &Path) -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cluster test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf = |name: &str, purpose: ExtendedKeyUsagePurpose| {
-        let key = KeyPair::generate().unwrap();
-        let mut p =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.extended_key_usages = vec![purpose];
-        let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let (server_pem, server_key) = leaf("es", ExtendedKeyUsagePurpose::ServerAuth);
-    let (client_pem, client_key) = leaf("sheepdog", ExtendedKeyUsagePurpose::ClientAuth);
-    let write = |name: &str, text: &str| {
-        let p = dir.join(name);
-        std::fs::write(&p, text).unwrap();
-        p
-    };
-    Pki {
-        ca: write("ca.pem", &ca.pem()),
-        server_cert: write("es.pem", &server_pem),
-        server_key: write("es.key", &server_key),
-        client_cert: write("client.pem", &client_pem),
-        client_key: write("client.key", &client_key),
-    }
-}
 
 /// A TLS terminator on `listen` demanding a client certificate of the test CA, forwarding
 /// each connection to `upstream` (osmem-server's address); runs on its own thread.
