@@ -64,14 +64,10 @@ impl DeadLetterFile {
                 *guard = Some(open_for_append(&self.path)?);
             }
             let file = guard.as_mut().expect("opened above");
-            file.lock()?;
-            if is_at_path(file, &self.path) {
-                let written = file.write_all(&buf).and_then(|()| file.flush());
-                file.unlock()?;
-                return written;
+            if append_if_current(file, &self.path, &buf)? {
+                return Ok(());
             }
             // A replay moved the file aside: append to a new one at the path.
-            file.unlock()?;
             *guard = None;
         }
     }
@@ -102,14 +98,23 @@ pub fn append_lines(path: &Path, lines: &[u8]) -> std::io::Result<()> {
     }
     loop {
         let mut file = open_for_append(path)?;
-        file.lock()?;
-        if is_at_path(&file, path) {
-            let written = file.write_all(lines).and_then(|()| file.flush());
-            file.unlock()?;
-            return written;
+        if append_if_current(&mut file, path, lines)? {
+            return Ok(());
         }
-        file.unlock()?;
     }
+}
+
+/// Appends `bytes` to `file` under its lock, if it is still the file at `path`; `Ok(false)`
+/// (nothing written) when a replay moved it aside meanwhile.
+fn append_if_current(file: &mut File, path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    file.lock()?;
+    if !is_at_path(file, path) {
+        file.unlock()?;
+        return Ok(false);
+    }
+    let written = file.write_all(bytes).and_then(|()| file.flush());
+    file.unlock()?;
+    written.map(|()| true)
 }
 
 /// Moves the dead-letter file at `path` aside for a replay, under its lock, and returns every
@@ -227,19 +232,23 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_replay_takes_the_file_aside_and_the_writer_starts_a_new_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("dead_letter.ndjson");
-        let file = DeadLetterFile::new(path.clone());
-        let letter = |doc: &'static [u8]| Letter {
+    /// A refused document `doc` with made-up index and error.
+    fn letter(doc: &[u8]) -> Letter<'_> {
+        Letter {
             index: "i",
             id: None,
             status: 400,
             error_type: "t",
             reason: "r",
             document: doc,
-        };
+        }
+    }
+
+    #[test]
+    fn a_replay_takes_the_file_aside_and_the_writer_starts_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("dead_letter.ndjson");
+        let file = DeadLetterFile::new(path.clone());
         file.write(&[letter(b"{\"a\":1}")]).unwrap();
         let taken = take_for_replay(&path).unwrap();
         assert_eq!(taken.len(), 1);
@@ -267,14 +276,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/dead_letter.ndjson");
         let file = DeadLetterFile::new(path.clone());
-        let letter = |doc: &'static [u8]| Letter {
-            index: "i",
-            id: None,
-            status: 400,
-            error_type: "t",
-            reason: "r",
-            document: doc,
-        };
         file.write(&[letter(b"{\"a\":1}")]).unwrap();
         file.write(&[letter(b"{\"a\":2}"), letter(b"{\"a\":3}")])
             .unwrap();
