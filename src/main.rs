@@ -147,6 +147,17 @@ fn load(
     sheepdog::load(path, &config::process_env, verify).map(|l| (l.config, l.warnings))
 }
 
+/// [`load`] for `run`, also returning the file's text: read once, so reloads compare with the
+/// very text the running pipeline was built from.
+fn load_for_run(
+    path: &Path,
+) -> Result<(config::PipelineConfig, Vec<config::LocatedProblem>, String), String> {
+    let source = config::Source::read(path).map_err(|e| format!("{e:#}"))?;
+    let loaded = sheepdog::load_source(&source, &config::process_env, sheepdog::Verify::Background)
+        .map_err(|e| e.to_string())?;
+    Ok((loaded.config, loaded.warnings, source.text))
+}
+
 async fn wait_for_signal(token: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -209,9 +220,8 @@ fn main() -> ExitCode {
         Command::Tap { config } => ExitCode::from(sheepdog::offline::tap::command(&config)),
         Command::Run { config, log_json } => {
             init_logging(log_json);
-            // The text the running pipeline was built from, for reloads to compare with.
-            let text = std::fs::read_to_string(&config).unwrap_or_default();
-            let (cfg, warnings) = match load(&config, sheepdog::Verify::Background) {
+            let loaded = load_for_run(&config);
+            let (cfg, warnings, text) = match loaded {
                 Ok(v) => v,
                 Err(text) => {
                     eprintln!("{text}");

@@ -94,11 +94,12 @@ impl Reloader {
         let path = self.path.clone();
         tracing::info!(file = %path.display(), "SIGHUP: reloading the pipeline file");
         // Building the chain may walk a GeoIP database for seconds: off the async threads.
+        // One read: the version named is the text that was parsed.
         let loaded = tokio::task::spawn_blocking(move || {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-            crate::load(&path, &crate::config::process_env, crate::Verify::Now)
-                .map(|loaded| (text, loaded))
+            let source = crate::config::Source::read(&path).map_err(|e| format!("{e:#}"))?;
+            crate::load_source(&source, &crate::config::process_env, crate::Verify::Now)
+                .map(|loaded| (source.text, loaded))
+                .map_err(|e| e.to_string())
         })
         .await
         .unwrap_or_else(|e| Err(format!("reload failed: {e}")));
