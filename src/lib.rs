@@ -2,6 +2,7 @@
 //! chain (JSON, cost, mutate, date, status, latency buckets, GeoIP, user agent), Elasticsearch
 //! bulk and alert mail out.
 
+pub mod ack;
 pub mod alerts;
 pub mod alloc;
 pub mod api;

@@ -209,10 +209,11 @@ impl Worker {
                     Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
                 };
                 if !refs.is_empty() {
-                    slot.output.submit(&refs).await;
+                    slot.output.submit_held(&refs, batch.hold.as_ref()).await;
                 }
             }
             self.events_out.add(batch.events.len() as u64);
+            crate::ack::confirm(batch.hold.take());
             // Dropping the batch returns its share of the queue's capacity.
         }
     }

@@ -5,6 +5,7 @@
 //! with their [`Charge`] on the memory budget: the bytes given with them stay accounted until
 //! the batch is dropped.
 
+use crate::ack::Hold;
 use crate::budget::{Charge, Use};
 use crate::event::Event;
 use crate::metrics::Gauge;
@@ -16,6 +17,9 @@ pub struct Batch {
     pub events: Vec<Event>,
     /// Which input produced the batch (for logs).
     pub source: Arc<str>,
+    /// The input's acknowledgement for these events, confirmed by the worker once every
+    /// output took them (outputs that confirm later hold clones).
+    pub hold: Option<crate::ack::Hold>,
     _permit: OwnedSemaphorePermit,
     _charge: Charge,
     depth: Gauge,
@@ -109,7 +113,7 @@ impl QueueSender {
             Err(tokio::sync::TryAcquireError::NoPermits) => return Err(QueueError::Full(events)),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(QueueError::Closed(events)),
         };
-        self.push_chunks(source, events, permit, charge)
+        self.push_chunks(source, events, permit, charge, None)
     }
 
     /// Takes room for `events` events now, before they exist, or fails at once (`Full` or
@@ -160,8 +164,19 @@ impl QueueSender {
     pub async fn send(
         &self,
         source: &Arc<str>,
+        events: Vec<Event>,
+        charge: &mut Charge,
+    ) -> Result<(), QueueError> {
+        self.send_held(source, events, charge, None).await
+    }
+
+    /// [`send`](Self::send), every batch carrying a clone of `hold`.
+    pub async fn send_held(
+        &self,
+        source: &Arc<str>,
         mut events: Vec<Event>,
         charge: &mut Charge,
+        hold: Option<Hold>,
     ) -> Result<(), QueueError> {
         while !events.is_empty() {
             let take = events.len().min(self.capacity);
@@ -178,7 +193,7 @@ impl QueueSender {
                 }
             };
             let mut share = share_of(charge, take, take + rest.len());
-            if let Err(e) = self.push_chunks(source, events, permit, &mut share) {
+            if let Err(e) = self.push_chunks(source, events, permit, &mut share, hold.clone()) {
                 charge.merge(share);
                 return Err(match e {
                     QueueError::Closed(mut back) => {
@@ -190,17 +205,19 @@ impl QueueSender {
             }
             events = rest;
         }
+        crate::ack::confirm(hold);
         Ok(())
     }
 
     /// Sends events whose room `permit` holds, in batches of at most `batch_size`, each with
-    /// its share of `charge` (left empty on success).
+    /// its share of `charge` (left empty on success) and a clone of `hold`.
     fn push_chunks(
         &self,
         source: &Arc<str>,
         mut events: Vec<Event>,
         mut permit: OwnedSemaphorePermit,
         charge: &mut Charge,
+        hold: Option<Hold>,
     ) -> Result<(), QueueError> {
         self.depth.add(events.len() as i64);
         charge.relabel(Use::Queue);
@@ -227,6 +244,7 @@ impl QueueSender {
             let batch = Batch {
                 events,
                 source: source.clone(),
+                hold: hold.clone(),
                 _permit: chunk_permit,
                 _charge: chunk_charge,
                 depth: self.depth.clone(),
@@ -244,6 +262,7 @@ impl QueueSender {
             }
             events = rest;
         }
+        crate::ack::confirm(hold);
         Ok(())
     }
 }
@@ -263,14 +282,26 @@ impl Reservation {
     /// Queues `events` in the reserved room, giving back what they do not use; more events
     /// than reserved need the difference free now, otherwise nothing is queued (`Full`).
     pub fn send(
-        mut self,
+        self,
         source: &Arc<str>,
         events: Vec<Event>,
         charge: &mut Charge,
     ) -> Result<(), QueueError> {
+        self.send_held(source, events, charge, None)
+    }
+
+    /// [`send`](Self::send), every batch carrying a clone of `hold`.
+    pub fn send_held(
+        mut self,
+        source: &Arc<str>,
+        events: Vec<Event>,
+        charge: &mut Charge,
+        hold: Option<Hold>,
+    ) -> Result<(), QueueError> {
         let reserved = self.permit.num_permits();
         let permit = if events.len() <= reserved {
             if events.is_empty() {
+                crate::ack::confirm(hold);
                 return Ok(());
             }
             // The rest stays in `self.permit` and is released when it drops.
@@ -299,7 +330,7 @@ impl Reservation {
                 }
             }
         };
-        self.sender.push_chunks(source, events, permit, charge)
+        self.sender.push_chunks(source, events, permit, charge, hold)
     }
 }
 
@@ -469,5 +500,32 @@ mod tests {
         let mut charge = budget.try_charge(500, Use::HttpBody).unwrap();
         assert!(tx.try_send(&src, events(101), &mut charge).is_err());
         assert_eq!(charge.bytes(), 500);
+    }
+
+    #[tokio::test]
+    async fn every_batch_carries_the_hold_and_it_settles_once_all_are_confirmed() {
+        let (tx, rx) = bounded(100, 4, Gauge::default());
+        let src: Arc<str> = Arc::from("t");
+        let (hold, outcome) = Hold::awaitable();
+        tx.send_held(&src, events(10), &mut Charge::none(), Some(hold))
+            .await
+            .unwrap();
+        let mut batches = vec![
+            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap(),
+            rx.recv().await.unwrap(),
+        ];
+        assert!(batches.iter().all(|b| b.hold.is_some()));
+        for b in &mut batches {
+            crate::ack::confirm(b.hold.take());
+        }
+        assert!(outcome.await.unwrap());
+        // A batch dropped with its hold (never delivered) fails the acknowledgement.
+        let (hold, outcome) = Hold::awaitable();
+        tx.send_held(&src, events(2), &mut Charge::none(), Some(hold))
+            .await
+            .unwrap();
+        drop(rx.recv().await.unwrap());
+        assert!(!outcome.await.unwrap());
     }
 }

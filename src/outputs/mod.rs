@@ -20,6 +20,18 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Output: Send + Sync {
     /// Hands events to the output; resolves once they are in its queue.
     fn submit<'a>(&'a self, events: &'a [&'a Event]) -> BoxFuture<'a, ()>;
+
+    /// [`submit`](Self::submit) with the events' acknowledgement. An output that confirms
+    /// delivery (Elasticsearch) keeps a clone of `hold` until its events are indexed or
+    /// dead-lettered. The default is best effort: the events count as delivered once handed
+    /// over (email, alert rules, files, stdout).
+    fn submit_held<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        _hold: Option<&'a crate::ack::Hold>,
+    ) -> BoxFuture<'a, ()> {
+        self.submit(events)
+    }
 }
 
 /// Every output `type` the pipeline file accepts.

@@ -750,6 +750,9 @@ pub(crate) struct Pending {
     queued: crate::metrics::Gauge,
     /// The documents' bytes on the memory budget, held until delivery.
     _charge: Option<crate::budget::Charge>,
+    /// The events' acknowledgement, confirmed once every item is indexed or dead-lettered;
+    /// dropped unconfirmed (delivery cut short) it fails.
+    hold: Option<crate::ack::Hold>,
 }
 
 impl Pending {
@@ -761,6 +764,21 @@ impl Pending {
             _permit: permit,
             queued,
             _charge: None,
+            hold: None,
+        }
+    }
+
+    fn held(mut self, hold: Option<&crate::ack::Hold>) -> Self {
+        self.hold = hold.cloned();
+        self
+    }
+
+    /// Confirms (or fails) the chunk's acknowledgement once delivery is over.
+    pub(crate) fn settle(&mut self, delivered: bool) {
+        match self.hold.take() {
+            Some(h) if delivered => h.confirm(),
+            Some(h) => h.fail(),
+            None => {}
         }
     }
 
@@ -793,6 +811,14 @@ struct ElasticsearchOutput {
 
 impl Output for ElasticsearchOutput {
     fn submit<'a>(&'a self, events: &'a [&'a Event]) -> BoxFuture<'a, ()> {
+        self.submit_held(events, None)
+    }
+
+    fn submit_held<'a>(
+        &'a self,
+        events: &'a [&'a Event],
+        hold: Option<&'a crate::ack::Hold>,
+    ) -> BoxFuture<'a, ()> {
         Box::pin(async move {
             if events.is_empty() {
                 return;
@@ -810,9 +836,15 @@ impl Output for ElasticsearchOutput {
                 .store(chunk.buf.len() / chunk.len(), Ordering::Relaxed);
             let want = chunk.len().min(self.capacity) as u32;
             let Ok(permit) = self.permits.clone().acquire_many_owned(want).await else {
+                // The output is closed: the events were not taken.
+                if let Some(h) = hold {
+                    h.clone().fail();
+                }
                 return;
             };
-            let pending = Pending::new(chunk, permit, self.queued.clone()).charged_to(&self.budget);
+            let pending = Pending::new(chunk, permit, self.queued.clone())
+                .charged_to(&self.budget)
+                .held(hold);
             if self.tx.send(pending).await.is_err() {
                 tracing::error!("elasticsearch output task has stopped; events were not delivered");
             }

@@ -258,7 +258,13 @@ impl Sink {
             self.deliver_items(&joined, items, &mut work).await;
         }
         self.metrics.in_flight.sub(1);
-        // Dropping `batch` releases the output's capacity for these events.
+        // Every item is indexed or dead-lettered: the events' acknowledgements are confirmed
+        // (unless a dead letter could not be written). Dropping `batch` releases the output's
+        // capacity for these events.
+        let delivered = !joined.letters_lost.load(std::sync::atomic::Ordering::Relaxed);
+        for pending in &mut batch {
+            pending.settle(delivered);
+        }
         drop(batch);
     }
 
@@ -467,7 +473,10 @@ impl Sink {
             Ok(()) => self.metrics.dead_lettered.add(lines.len() as u64),
             Err(e) => {
                 self.metrics.failed.add(lines.len() as u64);
-                tracing::error!(output = %self.id, path = %self.dead_letters.path().display(), error = %e, documents = lines.len(), "cannot write the dead-letter file; refused documents are lost");
+                joined
+                    .letters_lost
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                tracing::error!(output = %self.id, path = %self.dead_letters.path().display(), error = %e, documents = lines.len(), "cannot write the dead-letter file; refused documents stay unconfirmed (a persisted queue keeps them)");
             }
         }
     }
@@ -504,6 +513,9 @@ fn refused(reply: &Reply, status: u16) -> TemplateError {
 struct Joined {
     bytes: bytes::Bytes,
     ends: Vec<u32>,
+    /// Set when refused documents could not be written to the dead-letter store: the batch's
+    /// acknowledgements then fail, so a persisted queue keeps the events.
+    letters_lost: std::sync::atomic::AtomicBool,
 }
 
 impl Joined {
@@ -513,6 +525,7 @@ impl Joined {
             return Joined {
                 bytes: chunk.buf.into(),
                 ends: chunk.ends,
+                letters_lost: Default::default(),
             };
         }
         let total = batch.iter().map(|p| p.chunk.buf.len()).sum();
@@ -527,6 +540,7 @@ impl Joined {
         Joined {
             bytes: buf.into(),
             ends,
+            letters_lost: Default::default(),
         }
     }
 
