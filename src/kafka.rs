@@ -48,7 +48,8 @@ impl Connection<'_> {
         let mut problems = Vec::new();
         if self.brokers.is_empty() {
             problems.push(
-                Problem::at("brokers", "no brokers").hint("e.g. brokers = \"kafka1:9092,kafka2:9092\""),
+                Problem::at("brokers", "no brokers")
+                    .hint("e.g. brokers = \"kafka1:9092,kafka2:9092\""),
             );
         }
         for broker in self.brokers {
@@ -99,14 +100,20 @@ impl Connection<'_> {
             }
             if self.sasl_username.is_empty() || self.sasl_password.is_empty() {
                 problems.push(
-                    Problem::at("sasl_username", "SASL needs `sasl_username` and `sasl_password`")
-                        .hint("sasl_password = \"${KAFKA_PASSWORD}\""),
+                    Problem::at(
+                        "sasl_username",
+                        "SASL needs `sasl_username` and `sasl_password`",
+                    )
+                    .hint("sasl_password = \"${KAFKA_PASSWORD}\""),
                 );
             }
         } else if !self.sasl_username.is_empty() || !self.sasl_password.is_empty() {
             problems.push(
-                Problem::at("sasl_username", "SASL credentials are set but `security_protocol` does not use SASL")
-                    .hint("set security_protocol = \"sasl_ssl\" (or \"sasl_plaintext\")"),
+                Problem::at(
+                    "sasl_username",
+                    "SASL credentials are set but `security_protocol` does not use SASL",
+                )
+                .hint("set security_protocol = \"sasl_ssl\" (or \"sasl_plaintext\")"),
             );
         }
         for (key, path) in [
@@ -136,9 +143,16 @@ impl Connection<'_> {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", self.brokers.join(","))
-            .set("security.protocol", self.security_protocol.to_ascii_lowercase())
+            .set(
+                "security.protocol",
+                self.security_protocol.to_ascii_lowercase(),
+            )
             .set_log_level(RDKafkaLogLevel::Info);
-        if self.security_protocol.to_ascii_lowercase().starts_with("sasl_") {
+        if self
+            .security_protocol
+            .to_ascii_lowercase()
+            .starts_with("sasl_")
+        {
             config
                 .set("sasl.mechanism", self.sasl_mechanism)
                 .set("sasl.username", self.sasl_username)
@@ -268,13 +282,29 @@ mod tests {
         let empty = Secret::default();
         let pw = Secret::new("s3cret");
         let good = vec!["k1:9092".to_string(), "10.0.0.2:9093".to_string()];
-        assert!(connection(&good, "plaintext", "", &empty, &none).problems(&[]).is_empty());
-        assert!(connection(&good, "SASL_SSL", "u", &pw, &none).problems(&[]).is_empty());
+        assert!(connection(&good, "plaintext", "", &empty, &none)
+            .problems(&[])
+            .is_empty());
+        assert!(connection(&good, "SASL_SSL", "u", &pw, &none)
+            .problems(&[])
+            .is_empty());
         let bad = vec!["kafka://k1:9092".to_string(), "k2".to_string()];
-        assert_eq!(keys(&connection(&bad, "plaintext", "", &empty, &none).problems(&[])), ["brokers", "brokers"]);
-        assert_eq!(keys(&connection(&[], "tls", "", &empty, &none).problems(&[])), ["brokers", "security_protocol"]);
-        assert_eq!(keys(&connection(&good, "sasl_ssl", "", &empty, &none).problems(&[])), ["sasl_username"]);
-        assert_eq!(keys(&connection(&good, "ssl", "u", &pw, &none).problems(&[])), ["sasl_username"]);
+        assert_eq!(
+            keys(&connection(&bad, "plaintext", "", &empty, &none).problems(&[])),
+            ["brokers", "brokers"]
+        );
+        assert_eq!(
+            keys(&connection(&[], "tls", "", &empty, &none).problems(&[])),
+            ["brokers", "security_protocol"]
+        );
+        assert_eq!(
+            keys(&connection(&good, "sasl_ssl", "", &empty, &none).problems(&[])),
+            ["sasl_username"]
+        );
+        assert_eq!(
+            keys(&connection(&good, "ssl", "u", &pw, &none).problems(&[])),
+            ["sasl_username"]
+        );
     }
 
     #[test]
@@ -289,8 +319,12 @@ mod tests {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let problems = connection(&good, "plaintext", "", &empty, &extra).problems(&["enable.auto.commit"]);
-        assert_eq!(keys(&problems), ["librdkafka.enable.auto.commit", "librdkafka.sasl.password"]);
+        let problems =
+            connection(&good, "plaintext", "", &empty, &extra).problems(&["enable.auto.commit"]);
+        assert_eq!(
+            keys(&problems),
+            ["librdkafka.enable.auto.commit", "librdkafka.sasl.password"]
+        );
     }
 
     #[test]
@@ -306,7 +340,10 @@ mod tests {
         assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
         assert_eq!(config.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
         assert_eq!(config.get("sasl.password"), Some("s3cret"));
-        assert_eq!(config.get("ssl.endpoint.identification.algorithm"), Some("none"));
+        assert_eq!(
+            config.get("ssl.endpoint.identification.algorithm"),
+            Some("none")
+        );
         assert_eq!(config.get("fetch.wait.max.ms"), Some("100"));
     }
 }

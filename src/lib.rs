@@ -15,6 +15,8 @@ pub mod filters;
 pub mod health;
 pub mod inputs;
 pub mod json;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod metrics;
 pub mod offline;
 pub mod outputs;
@@ -136,4 +138,23 @@ pub fn load_source(
             stages,
         })
     }
+}
+
+/// The problem of a `type = "kafka"` stage in a build without the `kafka` feature; `None`, so
+/// the stage is left out.
+#[cfg(not(feature = "kafka"))]
+pub(crate) fn kafka_not_built<T>(
+    path: &[config::problem::PathSeg],
+    problems: &mut Vec<config::problem::Problem>,
+) -> Option<T> {
+    let mut at = path.to_vec();
+    at.push(config::problem::PathSeg::Key("type".into()));
+    problems.push(
+        config::problem::Problem::at_path(
+            at,
+            "this build has no Kafka support; build with --features kafka",
+        )
+        .hint("cargo build --release --features kafka (needs cmake and libcurl headers: scripts/ci-deps/kafka.sh)"),
+    );
+    None
 }

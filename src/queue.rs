@@ -330,7 +330,8 @@ impl Reservation {
                 }
             }
         };
-        self.sender.push_chunks(source, events, permit, charge, hold)
+        self.sender
+            .push_chunks(source, events, permit, charge, hold)
     }
 }
 

@@ -3,6 +3,8 @@
 
 pub mod beats;
 pub mod http;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use crate::config::problem::{PathSeg, Problem};
 use crate::queue::QueueSender;
@@ -10,12 +12,15 @@ use crate::BuildContext;
 use tokio::task::JoinHandle;
 
 /// Every input `type` the pipeline file accepts.
-pub const TYPES: &[&str] = &["http", "beats"];
+/// `kafka` is listed in builds without the feature too, so its use gets a clear error.
+pub const TYPES: &[&str] = &["http", "beats", "kafka"];
 
 #[derive(Debug, Clone)]
 pub enum InputConfig {
     Http(http::Config),
     Beats(beats::Config),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::Config),
 }
 
 impl InputConfig {
@@ -29,6 +34,10 @@ impl InputConfig {
         Some(match kind {
             "http" => InputConfig::Http(de(value, path, problems)?),
             "beats" => InputConfig::Beats(de(value, path, problems)?),
+            #[cfg(feature = "kafka")]
+            "kafka" => InputConfig::Kafka(de(value, path, problems)?),
+            #[cfg(not(feature = "kafka"))]
+            "kafka" => return crate::kafka_not_built(path, problems),
             _ => return None,
         })
     }
@@ -38,6 +47,8 @@ impl InputConfig {
         match self {
             InputConfig::Http(c) => c.validate(),
             InputConfig::Beats(c) => c.validate(),
+            #[cfg(feature = "kafka")]
+            InputConfig::Kafka(c) => c.validate(),
         }
     }
 
@@ -52,6 +63,8 @@ impl InputConfig {
         match self {
             InputConfig::Http(c) => c.start(id, ctx, queue).await,
             InputConfig::Beats(c) => c.start(id, ctx, queue).await,
+            #[cfg(feature = "kafka")]
+            InputConfig::Kafka(c) => c.start(id, ctx, queue).await,
         }
     }
 }

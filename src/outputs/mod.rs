@@ -5,6 +5,8 @@
 pub mod elasticsearch;
 pub mod email;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod stdout;
 
 use crate::config::problem::{PathSeg, Problem};
@@ -35,7 +37,8 @@ pub trait Output: Send + Sync {
 }
 
 /// Every output `type` the pipeline file accepts.
-pub const TYPES: &[&str] = &["elasticsearch", "stdout", "file", "email"];
+/// `kafka` is listed in builds without the feature too, so its use gets a clear error.
+pub const TYPES: &[&str] = &["elasticsearch", "stdout", "file", "email", "kafka"];
 
 #[derive(Debug, Clone)]
 pub enum OutputConfig {
@@ -43,6 +46,8 @@ pub enum OutputConfig {
     Stdout(stdout::Config),
     File(file::Config),
     Email(email::Config),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::Config),
 }
 
 /// What starting an output yields: the handle workers submit to, and the task that drains it
@@ -65,6 +70,10 @@ impl OutputConfig {
             "stdout" => OutputConfig::Stdout(de(value, path, problems)?),
             "file" => OutputConfig::File(de(value, path, problems)?),
             "email" => OutputConfig::Email(de(value, path, problems)?),
+            #[cfg(feature = "kafka")]
+            "kafka" => OutputConfig::Kafka(de(value, path, problems)?),
+            #[cfg(not(feature = "kafka"))]
+            "kafka" => return crate::kafka_not_built(path, problems),
             _ => return None,
         })
     }
@@ -76,6 +85,8 @@ impl OutputConfig {
             OutputConfig::Stdout(c) => c.validate(ctx),
             OutputConfig::File(c) => c.validate(ctx),
             OutputConfig::Email(c) => c.validate(ctx),
+            #[cfg(feature = "kafka")]
+            OutputConfig::Kafka(c) => c.validate(ctx),
         }
     }
 
@@ -86,6 +97,8 @@ impl OutputConfig {
             OutputConfig::Stdout(c) => c.start(id, ctx),
             OutputConfig::File(c) => c.start(id, ctx).await,
             OutputConfig::Email(c) => c.start(id, ctx),
+            #[cfg(feature = "kafka")]
+            OutputConfig::Kafka(c) => c.start(id, ctx),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! output. Workers encode in `submit`; one task batches chunks into bulk requests with a few in
 //! flight, retries what the cluster pushes back on, and dead-letters what it refuses.
 
-mod dead_letter;
+pub(crate) mod dead_letter;
 pub mod encoder;
 mod hosts;
 pub mod replay;
