@@ -242,15 +242,16 @@ fn variable_scan_reads_defaults_and_skips_comments() {
     assert_eq!(template_comment(template, "C"), None);
 }
 
-#[test]
-fn shipped_pipeline_checks_with_the_env_template() {
+/// `sheepdog check` of a shipped pipeline with only the environment template set, from an
+/// empty directory; (passed, output).
+fn check_with_env_template(pipeline: &str) -> (bool, String) {
     let dir = scratch_dir("env");
     let mut cmd = Command::new(sheepdog_binary());
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .current_dir(&dir)
         .args(["check", "--config"])
-        .arg(repo_root().join("pipelines/holysheep.toml"));
+        .arg(repo_root().join(pipeline));
     for (k, v) in env_template() {
         cmd.env(k, v);
     }
@@ -261,9 +262,34 @@ fn shipped_pipeline_checks_with_the_env_template() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{text}");
-    assert!(text.contains("OK"), "{text}");
     let _ = std::fs::remove_dir_all(dir);
+    (out.status.success(), text)
+}
+
+#[test]
+fn shipped_pipeline_checks_with_the_env_template() {
+    let (passed, text) = check_with_env_template("pipelines/holysheep.toml");
+    assert!(passed, "{text}");
+    assert!(text.contains("OK"), "{text}");
+}
+
+/// The Kafka tiers pass `check` in a build with the `kafka` feature; a build without it names
+/// the feature.
+#[test]
+fn kafka_pipelines_check_with_the_env_template() {
+    for pipeline in ["pipelines/kafka-shipper.toml", "pipelines/kafka-indexer.toml"] {
+        let (passed, text) = check_with_env_template(pipeline);
+        if cfg!(feature = "kafka") {
+            assert!(passed, "{pipeline}: {text}");
+            assert!(text.contains("OK"), "{pipeline}: {text}");
+        } else {
+            assert!(!passed, "{pipeline}: {text}");
+            assert!(
+                text.contains("this build has no Kafka support; build with --features kafka"),
+                "{pipeline}: {text}"
+            );
+        }
+    }
 }
 
 // --- Filebeat -------------------------------------------------------------------------------------
