@@ -449,7 +449,7 @@ fn undelivered(metrics: &crate::metrics::Registry) -> (i64, i64) {
     };
     (
         sum("sheepdog_queue_events"),
-        sum("sheepdog_es_queued_events"),
+        sum("sheepdog_es_queued_events") + sum("sheepdog_kafka_in_flight_messages"),
     )
 }
 

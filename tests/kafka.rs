@@ -354,7 +354,7 @@ fn filebeat_to_kafka_to_two_indexers_one_killed_and_restarted() {
             tail(&b.log())
         )
     };
-    let indexed = wait_indexed(&es, n as u64, Duration::from_secs(600), &context);
+    let indexed = wait_indexed(&es, n as u64, Duration::from_secs(600), context);
     // Anything consumed twice after the kill arrives as a create of an existing id (409).
     std::thread::sleep(Duration::from_secs(3));
     es.refresh();
