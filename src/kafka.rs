@@ -11,6 +11,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::KafkaError;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The connection settings of one Kafka client, as the input's and output's configs hold them
 /// (serde cannot flatten into a `deny_unknown_fields` struct, so each config keeps the fields
@@ -206,7 +207,34 @@ fn looks_like_host_port(broker: &str) -> bool {
 /// client-wide errors (all brokers down, authentication failed) to the component's health.
 pub struct Context {
     pub component: String,
-    pub health: HealthHandle,
+    health: HealthHandle,
+    /// The health is `down` (set by an error, cleared by the next success: an atomic, so the
+    /// per-message check costs no lock).
+    down: AtomicBool,
+}
+
+impl Context {
+    pub fn new(component: String, health: HealthHandle) -> Context {
+        Context {
+            component,
+            health,
+            down: AtomicBool::new(false),
+        }
+    }
+
+    /// The client works (a message delivered or consumed, partitions assigned): `ok` again
+    /// after an error.
+    pub fn working(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            self.health.ok();
+            tracing::info!(component = %self.component, "kafka client working again");
+        }
+    }
+
+    /// Reports the component stopped (shutdown).
+    pub fn stopped(&self) {
+        self.health.set(Status::Degraded, "stopped");
+    }
 }
 
 impl ClientContext for Context {
@@ -227,6 +255,7 @@ impl ClientContext for Context {
 
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(component = %self.component, %error, reason, "kafka client error");
+        self.down.store(true, Ordering::Release);
         self.health.set(Status::Down, format!("kafka: {reason}"));
     }
 }

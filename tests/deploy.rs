@@ -277,7 +277,10 @@ fn shipped_pipeline_checks_with_the_env_template() {
 /// the feature.
 #[test]
 fn kafka_pipelines_check_with_the_env_template() {
-    for pipeline in ["pipelines/kafka-shipper.toml", "pipelines/kafka-indexer.toml"] {
+    for pipeline in [
+        "pipelines/kafka-shipper.toml",
+        "pipelines/kafka-indexer.toml",
+    ] {
         let (passed, text) = check_with_env_template(pipeline);
         if cfg!(feature = "kafka") {
             assert!(passed, "{pipeline}: {text}");

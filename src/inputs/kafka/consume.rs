@@ -7,7 +7,6 @@ use super::Config;
 use crate::ack::Hold;
 use crate::budget::{self, Use};
 use crate::event::Event;
-use crate::health::Status;
 use crate::inputs::http::{Decoder, Documents};
 use crate::metrics::{Counter, Gauge};
 use crate::queue::{QueueError, QueueSender};
@@ -66,6 +65,8 @@ struct Context {
     client: crate::kafka::Context,
     tracker: Shared,
     metrics: Metrics,
+    /// Longest a revocation waits for the revoked partitions' batches in flight.
+    drain_wait: Duration,
 }
 
 impl ClientContext for Context {
@@ -78,6 +79,43 @@ impl ClientContext for Context {
     }
 }
 
+impl Context {
+    /// Waits (up to `rebalance_drain_wait`) until the batches in flight from `revoked` are
+    /// settled, so their offsets are committed before the partitions go and the next owner
+    /// does not consume them again. It runs inside the consumer's poll on a runtime thread:
+    /// `block_in_place` hands that thread's other tasks (the outputs confirming these very
+    /// batches among them) to the rest of the runtime meanwhile.
+    fn drain(&self, revoked: &[Partition]) {
+        let pending = || {
+            let tracker = lock(&self.tracker);
+            revoked
+                .iter()
+                .map(|p| tracker.in_flight_in(p))
+                .sum::<usize>()
+        };
+        if self.drain_wait.is_zero() || pending() == 0 {
+            return;
+        }
+        let wait = || {
+            let deadline = std::time::Instant::now() + self.drain_wait;
+            while pending() > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread {
+            tokio::task::block_in_place(wait);
+        } else {
+            wait();
+        }
+        let left = pending();
+        if left > 0 {
+            tracing::info!(input = %self.client.component, batches = left, "partitions revoked with batches in flight; their next owner consumes them again");
+        }
+    }
+}
+
 impl ConsumerContext for Context {
     /// Before partitions go: commit what is delivered for them (synchronously, so the next
     /// owner starts there) and forget the rest.
@@ -86,11 +124,16 @@ impl ConsumerContext for Context {
             return;
         };
         self.metrics.rebalances.inc();
+        let revoked: Vec<Partition> = list
+            .elements()
+            .iter()
+            .map(|e| (Arc::from(e.topic()), e.partition()))
+            .collect();
+        self.drain(&revoked);
         let mut commits = Vec::new();
         {
             let mut tracker = lock(&self.tracker);
-            for elem in list.elements() {
-                let partition: Partition = (Arc::from(elem.topic()), elem.partition());
+            for partition in revoked {
                 if let Some(offset) = tracker.revoke(&partition) {
                     commits.push((partition, offset));
                 }
@@ -123,7 +166,7 @@ impl ConsumerContext for Context {
             .map(|e| format!("{}[{}]", e.topic(), e.partition()))
             .collect();
         tracing::info!(input = %self.client.component, assigned = ?partitions, "kafka partitions assigned");
-        self.client.health.ok();
+        self.client.working();
     }
 }
 
@@ -189,14 +232,14 @@ impl Input {
         let tracker: Shared = Arc::default();
         let metrics = Metrics::register(&ctx.metrics, id);
         let context = Context {
-            client: crate::kafka::Context {
-                component: id.to_string(),
-                health: ctx
-                    .health
+            client: crate::kafka::Context::new(
+                id.to_string(),
+                ctx.health
                     .register(format!("input {id} kafka {}", config.brokers.join(","))),
-            },
+            ),
             tracker: tracker.clone(),
             metrics: metrics.clone(),
+            drain_wait: config.rebalance_drain_wait,
         };
         let consumer: StreamConsumer<Context> = config
             .consumer_config()
@@ -277,6 +320,7 @@ impl Input {
     /// coordinates in `[@metadata][kafka]` and the input's tags.
     fn add(&self, batch: &mut Gathered, message: &BorrowedMessage<'_>) {
         self.metrics.messages.inc();
+        self.consumer.context().client.working();
         let payload = message.payload().unwrap_or_default();
         let kafka = metadata(message);
         let docs = Documents::new(payload);
@@ -382,11 +426,7 @@ impl Input {
         let commits = lock(&tracker).take_commits();
         commit(&consumer, &commits, CommitMode::Sync, &metrics, &source);
         consumer.unsubscribe();
-        consumer
-            .context()
-            .client
-            .health
-            .set(Status::Degraded, "stopped");
+        consumer.context().client.stopped();
         tracing::info!(input = %source, "kafka input stopped");
     }
 }

@@ -62,6 +62,11 @@ pub struct Config {
     /// can be committed (keep it below `pipeline.shutdown_timeout`). Default `20s`.
     #[serde(default = "d_shutdown_wait", deserialize_with = "de::duration")]
     pub shutdown_commit_wait: Duration,
+    /// When partitions are revoked (a rebalance), how long the input waits for their batches
+    /// in flight to be confirmed, so their offsets are committed and the next owner does not
+    /// consume them again; `0s` commits what is confirmed at once. Default `10s`.
+    #[serde(default = "d_drain_wait", deserialize_with = "de::duration")]
+    pub rebalance_drain_wait: Duration,
     /// `session.timeout.ms`: a member silent this long leaves the group. Default `45s`.
     #[serde(default = "d_session", deserialize_with = "de::duration")]
     pub session_timeout: Duration,
@@ -117,6 +122,9 @@ fn d_commit_interval() -> Duration {
 }
 fn d_shutdown_wait() -> Duration {
     Duration::from_secs(20)
+}
+fn d_drain_wait() -> Duration {
+    Duration::from_secs(10)
 }
 fn d_session() -> Duration {
     Duration::from_secs(45)

@@ -128,6 +128,16 @@ impl Tracker {
             .sum()
     }
 
+    /// Ranges of `partition` dispatched and not yet settled.
+    pub fn in_flight_in(&self, partition: &Partition) -> usize {
+        self.owned.get(partition).map_or(0, |o| {
+            o.ranges
+                .iter()
+                .filter(|(_, s)| *s == State::InFlight)
+                .count()
+        })
+    }
+
     /// Partitions assigned to this consumer.
     pub fn assigned(&self) -> usize {
         self.owned.len()
@@ -163,6 +173,8 @@ mod tests {
         assert_eq!(t.take_commits(), [(p(0), 20)]);
         assert_eq!(t.take_commits(), [], "handed out once");
         assert_eq!(t.in_flight(), 1);
+        assert_eq!(t.in_flight_in(&p(0)), 1);
+        assert_eq!(t.in_flight_in(&p(1)), 0);
         t.settle(&c, true);
         assert_eq!(t.take_commits(), [(p(0), 30)]);
         assert_eq!(t.in_flight(), 0);

@@ -121,7 +121,7 @@ impl ProducerContext for Delivery {
         match result {
             Ok(_) => {
                 self.metrics.delivered.inc();
-                self.client.health.ok();
+                self.client.working();
             }
             Err((error, message)) => {
                 let key = message.key().map(String::from_utf8_lossy);

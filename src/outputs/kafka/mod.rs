@@ -286,12 +286,11 @@ impl Config {
         })?;
         let metrics = delivery::Metrics::register(id, &ctx.metrics);
         let context = Delivery {
-            client: crate::kafka::Context {
-                component: id.to_string(),
-                health: ctx
-                    .health
+            client: crate::kafka::Context::new(
+                id.to_string(),
+                ctx.health
                     .register(format!("output {id} kafka {}", self.brokers.join(","))),
-            },
+            ),
             dead_letters: DeadLetterFile::new(settings.dead_letter_path.clone()),
             metrics: metrics.clone(),
         };
