@@ -14,6 +14,7 @@ pub mod event;
 pub mod filters;
 pub mod health;
 pub mod inputs;
+pub mod journal;
 pub mod json;
 pub mod metrics;
 pub mod offline;

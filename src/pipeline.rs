@@ -132,6 +132,7 @@ pub fn validate_and_build(
     if config.pipeline.queue_capacity == 0 {
         problems.push(Problem::at("pipeline.queue_capacity", "must be at least 1"));
     }
+    problems.extend(persisted_queue_problems(&config.pipeline));
     if !config.api.address.is_empty() {
         problems.extend(crate::inputs::check_address(
             "api.address",
@@ -140,6 +141,65 @@ pub fn validate_and_build(
         problems.extend(config.api.status_page.validate());
     }
     (problems, stages)
+}
+
+/// The smallest `pipeline.queue_max_bytes` accepted.
+const MIN_QUEUE_BYTES: u64 = 1 << 20;
+
+fn persisted_queue_problems(p: &crate::config::PipelineSettings) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Err(e) = crate::journal::Sync::parse(&p.queue_sync) {
+        problems.push(
+            Problem::at("pipeline.queue_sync", e)
+                .hint("write \"always\" or an interval such as \"1s\""),
+        );
+    }
+    if p.queue_max_bytes < MIN_QUEUE_BYTES {
+        problems.push(
+            Problem::at(
+                "pipeline.queue_max_bytes",
+                format!("{} bytes cannot hold a request body", p.queue_max_bytes),
+            )
+            .hint("use at least 1MiB; the default is 1GiB"),
+        );
+    }
+    problems
+}
+
+/// Opens the persisted queue when the pipeline asks for one.
+fn open_journal(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+) -> anyhow::Result<Option<Arc<crate::journal::Journal>>> {
+    if config.pipeline.queue != crate::config::QueueKind::Persisted {
+        return Ok(None);
+    }
+    let settings = crate::journal::Settings {
+        dir: ctx.data_dir.join("queue"),
+        max_bytes: config.pipeline.queue_max_bytes,
+        sync: crate::journal::Sync::parse(&config.pipeline.queue_sync)
+            .map_err(|e| anyhow::anyhow!("pipeline.queue_sync: {e}"))?,
+    };
+    let journal = crate::journal::Journal::open(&settings, &ctx.metrics)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(dir = %settings.dir.display(), max_bytes = settings.max_bytes, sync = %config.pipeline.queue_sync, "persisted queue open");
+    Ok(Some(Arc::new(journal)))
+}
+
+/// Replays what the persisted queue holds (before the inputs start), then keeps delivering
+/// again what fails at run time.
+async fn replay_journal(
+    journal: &Option<Arc<crate::journal::Journal>>,
+    queue: &queue::QueueSender,
+    ctx: &BuildContext,
+) {
+    let Some(journal) = journal else { return };
+    journal.replay(queue, &ctx.budget).await;
+    tokio::spawn(journal.clone().redeliver(
+        queue.clone(),
+        ctx.budget.clone(),
+        ctx.shutdown.clone(),
+    ));
 }
 
 /// What the alert rules read from the pipeline file; `None` without `[alerts]`.
@@ -240,7 +300,9 @@ pub async fn run(
     let (chain_tx, chain) = tokio::sync::watch::channel(stages);
     let (outputs, output_tasks, status) = start_outputs(&config, &ctx).await?;
     let outputs = Arc::new(outputs);
+    let journal = open_journal(&config, &ctx)?;
     let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
+    let queue_tx = queue_tx.with_journal(journal.clone());
     let events_out = ctx.metrics.counter(
         "sheepdog_pipeline_events_total",
         "Events that passed the filter chain and were handed to outputs",
@@ -257,6 +319,7 @@ pub async fn run(
         .map(|_| tokio::spawn(worker.clone().run()))
         .collect();
     drop(worker);
+    replay_journal(&journal, &queue_tx, &ctx).await;
 
     let mut input_tasks = Vec::new();
     for stage in &config.inputs {
@@ -287,6 +350,7 @@ pub async fn run(
         outputs,
         output_tasks,
         api_task,
+        journal,
     };
     running
         .drain(config.pipeline.shutdown_timeout, &ctx.metrics)
@@ -460,6 +524,7 @@ struct Running {
     outputs: Arc<Vec<OutputSlot>>,
     output_tasks: Tasks,
     api_task: Option<JoinHandle<()>>,
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl Running {
@@ -485,7 +550,10 @@ impl Running {
             }
         }
         let (queued, in_outputs) = undelivered(metrics);
-        if queued + in_outputs > 0 {
+        if let Some(journal) = &self.journal {
+            // What is unconfirmed stays in the queue's files (logged by `close`).
+            journal.close().await;
+        } else if queued + in_outputs > 0 {
             tracing::error!(
                 queued,
                 in_outputs,

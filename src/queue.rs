@@ -53,6 +53,8 @@ pub struct QueueSender {
     capacity: usize,
     batch_size: usize,
     depth: Gauge,
+    /// The persisted queue inputs write to before they queue, when there is one.
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 pub struct QueueReceiver {
@@ -74,12 +76,25 @@ pub fn bounded(
             capacity,
             batch_size: batch_size.max(1),
             depth,
+            journal: None,
         },
         Arc::new(QueueReceiver { rx: Mutex::new(rx) }),
     )
 }
 
 impl QueueSender {
+    /// The sender with inputs writing to `journal` before they queue.
+    pub fn with_journal(mut self, journal: Option<Arc<crate::journal::Journal>>) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    /// The persisted queue, when the pipeline has one: inputs write a record of what they
+    /// queue to it first and answer their clients once it is written.
+    pub fn journal(&self) -> Option<&Arc<crate::journal::Journal>> {
+        self.journal.as_ref()
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity
     }
@@ -330,7 +345,8 @@ impl Reservation {
                 }
             }
         };
-        self.sender.push_chunks(source, events, permit, charge, hold)
+        self.sender
+            .push_chunks(source, events, permit, charge, hold)
     }
 }
 

@@ -14,7 +14,7 @@ mod decode;
 mod request;
 mod serve;
 
-pub use decode::{decode_body, parse_object, Decoder, Doc, Documents};
+pub use decode::{decode_body, failure_event, parse_object, Decoder, Doc, Documents};
 
 use super::beats::tls::{self, ClientAuth};
 use super::check_address;

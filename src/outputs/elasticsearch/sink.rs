@@ -261,7 +261,9 @@ impl Sink {
         // Every item is indexed or dead-lettered: the events' acknowledgements are confirmed
         // (unless a dead letter could not be written). Dropping `batch` releases the output's
         // capacity for these events.
-        let delivered = !joined.letters_lost.load(std::sync::atomic::Ordering::Relaxed);
+        let delivered = !joined
+            .letters_lost
+            .load(std::sync::atomic::Ordering::Relaxed);
         for pending in &mut batch {
             pending.settle(delivered);
         }
