@@ -16,6 +16,8 @@ pub mod health;
 pub mod inputs;
 pub mod journal;
 pub mod json;
+pub mod listeners;
+pub mod live;
 pub mod metrics;
 pub mod offline;
 pub mod outputs;
@@ -41,6 +43,8 @@ pub struct BuildContext {
     pub verify: Verify,
     /// The memory budget every input, the queue and the outputs charge what they hold to.
     pub budget: budget::MemoryBudget,
+    /// Listening sockets, kept across reloads.
+    pub listeners: listeners::Listeners,
 }
 
 /// When a build runs slow checks of data files (walking a 55 MB GeoIP database takes seconds).
@@ -64,6 +68,7 @@ impl BuildContext {
             data_dir,
             shutdown,
             verify: Verify::Now,
+            listeners: listeners::Listeners::default(),
         }
     }
 }

@@ -7,22 +7,16 @@ use crate::config::problem::{PathSeg, Problem};
 use crate::config::PipelineConfig;
 use crate::filters::panics::DeadLetters;
 use crate::filters::{BuildState, FilterStage};
-use crate::outputs::{Output, OutputConfig};
+use crate::live::{Live, OutputSlot, Slots, Tasks};
+use crate::outputs::OutputConfig;
 use crate::queue::{self, QueueReceiver};
 use crate::BuildContext;
-use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// The smallest `pipeline.memory_limit` accepted.
 const MIN_MEMORY_LIMIT: u64 = 16 * 1024 * 1024;
-
-/// An output as the workers see it.
-struct OutputSlot {
-    when: Option<Condition>,
-    output: Box<dyn Output>,
-}
 
 fn compile_when(
     when: &Option<String>,
@@ -232,7 +226,7 @@ fn worker_count(configured: usize) -> usize {
 struct Worker {
     queue: Arc<QueueReceiver>,
     chain: tokio::sync::watch::Receiver<crate::reload::Chain>,
-    outputs: Arc<Vec<OutputSlot>>,
+    outputs: tokio::sync::watch::Receiver<Slots>,
     /// Where events a stage panicked on go.
     dead_letters: Arc<DeadLetters>,
     events_out: crate::metrics::Counter,
@@ -263,7 +257,8 @@ impl Worker {
                 self.dead_letters.write(&panicked);
                 panicked.clear();
             }
-            for slot in self.outputs.iter() {
+            let outputs = self.outputs.borrow().clone();
+            for slot in outputs.iter() {
                 let refs: Vec<&crate::event::Event> = match &slot.when {
                     None => batch.events.iter().collect(),
                     Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
@@ -298,38 +293,25 @@ pub async fn run(
     let stages = Arc::new(checked_filters(&config, &ctx)?);
     let filters = stages.len();
     let (chain_tx, chain) = tokio::sync::watch::channel(stages);
-    let (outputs, output_tasks, status) = start_outputs(&config, &ctx).await?;
-    let outputs = Arc::new(outputs);
+    let (slots, output_tasks, status) = start_outputs(&config, &ctx).await?;
+    let outputs = slots.len();
+    let fixed: Vec<OutputSlot> = slots
+        .iter()
+        .filter(|s| s.fixed)
+        .map(|s| s.slot.clone())
+        .collect();
+    let (outputs_tx, outputs_rx) = tokio::sync::watch::channel(Arc::new(
+        slots.into_iter().map(|s| s.slot).collect::<Vec<_>>(),
+    ));
     let journal = open_journal(&config, &ctx)?;
     let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
     let queue_tx = queue_tx.with_journal(journal.clone());
-    let events_out = ctx.metrics.counter(
-        "sheepdog_pipeline_events_total",
-        "Events that passed the filter chain and were handed to outputs",
-        &[],
-    );
-    let worker = Worker {
-        queue: queue_rx,
-        chain,
-        outputs: outputs.clone(),
-        dead_letters: Arc::new(DeadLetters::in_dir(&ctx.data_dir)),
-        events_out,
-    };
-    let workers: Vec<JoinHandle<()>> = (0..worker_count(config.pipeline.workers))
-        .map(|_| tokio::spawn(worker.clone().run()))
-        .collect();
-    drop(worker);
+    let workers = start_workers(&config, &ctx, queue_rx, chain, outputs_rx);
     replay_journal(&journal, &queue_tx, &ctx).await;
 
-    let mut input_tasks = Vec::new();
-    for stage in &config.inputs {
-        let task = stage
-            .config
-            .start(&stage.id, &ctx, queue_tx.clone())
-            .await?;
-        input_tasks.push((stage.id.clone(), task));
-    }
-    drop(queue_tx);
+    let mut live = Live::new(outputs_tx, fixed, output_tasks, queue_tx);
+    let text = reload.as_ref().map(|r| r.text.clone()).unwrap_or_default();
+    live.start_inputs(&config, &text, &ctx).await?;
 
     let api_task = if config.api.address.is_empty() {
         None
@@ -339,44 +321,68 @@ pub async fn run(
     tracing::info!(
         inputs = config.inputs.len(),
         filters,
-        outputs = outputs.len(),
+        outputs,
         "sheepdog ready"
     );
 
-    wait_for_shutdown(&ctx, chain_tx, reload).await;
+    let live = wait_for_shutdown(&ctx, chain_tx, reload, live).await;
+    let (input_tasks, output_tasks) = live.into_tasks();
     let running = Running {
         input_tasks,
         workers,
-        outputs,
         output_tasks,
         api_task,
         journal,
     };
-    running
-        .drain(config.pipeline.shutdown_timeout, &ctx.metrics)
-        .await;
+    running.drain(config.pipeline.shutdown_timeout, &ctx).await;
     Ok(())
 }
 
-/// Waits for shutdown, reloading the pipeline file on each request meanwhile.
+/// Starts the filter workers.
+fn start_workers(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+    queue: Arc<QueueReceiver>,
+    chain: tokio::sync::watch::Receiver<crate::reload::Chain>,
+    outputs: tokio::sync::watch::Receiver<Slots>,
+) -> Vec<JoinHandle<()>> {
+    let worker = Worker {
+        queue,
+        chain,
+        outputs,
+        dead_letters: Arc::new(DeadLetters::in_dir(&ctx.data_dir)),
+        events_out: ctx.metrics.counter(
+            "sheepdog_pipeline_events_total",
+            "Events that passed the filter chain and were handed to outputs",
+            &[],
+        ),
+    };
+    (0..worker_count(config.pipeline.workers))
+        .map(|_| tokio::spawn(worker.clone().run()))
+        .collect()
+}
+
+/// Waits for shutdown, reloading the pipeline file on each request meanwhile; hands back
+/// what runs then.
 async fn wait_for_shutdown(
     ctx: &BuildContext,
     chain: tokio::sync::watch::Sender<crate::reload::Chain>,
     reload: Option<ReloadSource>,
-) {
+    mut live: Live,
+) -> Live {
     let Some(mut source) = reload else {
         ctx.shutdown.cancelled().await;
-        return;
+        return live;
     };
     let mut reloader = crate::reload::Reloader::new(source.path, source.text, chain, ctx);
     loop {
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return live,
             request = source.requests.recv() => match request {
-                Some(()) => reloader.reload().await,
+                Some(()) => reloader.reload(&mut live).await,
                 None => {
                     ctx.shutdown.cancelled().await;
-                    return;
+                    return live;
                 }
             },
         }
@@ -404,56 +410,35 @@ fn checked_filters(
     Ok(stages)
 }
 
-/// Output tasks by stage id, awaited at shutdown.
-type Tasks = Vec<(String, JoinHandle<()>)>;
+/// A slot at start-up, and whether it stays across reloads (it is not from the file's
+/// `[[outputs]]` or `[alerts]`).
+struct StartSlot {
+    slot: OutputSlot,
+    fixed: bool,
+}
 
 /// Starts every output, then the alert rules and the status page's statistics (both fed like
 /// an output without `when`).
 async fn start_outputs(
     config: &PipelineConfig,
     ctx: &BuildContext,
-) -> anyhow::Result<(Vec<OutputSlot>, Tasks, Option<crate::status::Sources>)> {
-    let mut output_slots = Vec::new();
-    let mut output_tasks: Tasks = Vec::new();
-    for stage in &config.outputs {
-        let started = stage
-            .config
-            .start(&stage.id, ctx)
-            .await
-            .with_context(|| format!("output `{}` could not start", stage.id))?;
-        let when = stage
-            .when
-            .as_ref()
-            .map(|w| Condition::compile(w))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        output_slots.push(OutputSlot {
-            when,
-            output: started.output,
-        });
-        output_tasks.push((stage.id.clone(), started.task));
-    }
-    // [alerts]: the rules see every event after the filters, fed like an output without `when`.
-    let alerts = match alert_input(config) {
-        Some(input) => crate::alerts::start(&input, ctx)?,
-        None => None,
-    };
-    let alert_states = alerts.map(|(started, states)| {
-        output_slots.push(OutputSlot {
-            when: None,
-            output: started.output,
-        });
-        output_tasks.push(("alerts".into(), started.task));
-        states
-    });
+) -> anyhow::Result<(Vec<StartSlot>, Tasks, Option<crate::status::Sources>)> {
+    let (file_slots, tasks, alert_states) = crate::live::start_file_outputs(config, ctx).await?;
+    let mut slots: Vec<StartSlot> = file_slots
+        .into_iter()
+        .map(|slot| StartSlot { slot, fixed: false })
+        .collect();
     let status = status_sources(config, ctx, alert_states)?;
     if let Some(sources) = &status {
-        output_slots.push(OutputSlot {
-            when: None,
-            output: Box::new(crate::status::StatsSink(sources.events.clone())),
+        slots.push(StartSlot {
+            slot: OutputSlot {
+                when: None,
+                output: Arc::new(crate::status::StatsSink(sources.events.clone())),
+            },
+            fixed: true,
         });
     }
-    Ok((output_slots, output_tasks, status))
+    Ok((slots, tasks, status))
 }
 
 /// What the status page reads, when the API and the page are on.
@@ -521,7 +506,6 @@ fn undelivered(metrics: &crate::metrics::Registry) -> (i64, i64) {
 struct Running {
     input_tasks: Tasks,
     workers: Vec<JoinHandle<()>>,
-    outputs: Arc<Vec<OutputSlot>>,
     output_tasks: Tasks,
     api_task: Option<JoinHandle<()>>,
     journal: Option<Arc<crate::journal::Journal>>,
@@ -530,7 +514,8 @@ struct Running {
 impl Running {
     /// Stops the inputs, lets the workers drain the queue, then lets the outputs flush, all
     /// within `timeout`.
-    async fn drain(self, timeout: Duration, metrics: &crate::metrics::Registry) {
+    async fn drain(self, timeout: Duration, ctx: &BuildContext) {
+        let metrics = &ctx.metrics;
         let deadline = tokio::time::Instant::now() + timeout;
         tracing::info!(timeout = ?timeout, "shutting down: stopping inputs, draining the queue");
         for (id, task) in self.input_tasks {
@@ -538,12 +523,13 @@ impl Running {
                 tracing::warn!(input = %id, "input did not stop before the shutdown deadline");
             }
         }
+        // No input accepts any more: close the sockets kept for reloads.
+        ctx.listeners.retain(&[]);
         for w in self.workers {
             if tokio::time::timeout_at(deadline, w).await.is_err() {
                 tracing::warn!("filter worker did not drain before the shutdown deadline");
             }
         }
-        drop(self.outputs);
         for (id, task) in self.output_tasks {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 tracing::warn!(output = %id, "output did not flush before the shutdown deadline");
@@ -623,10 +609,11 @@ mod tests {
         let worker = Worker {
             queue: rx,
             chain,
-            outputs: Arc::new(vec![OutputSlot {
+            outputs: tokio::sync::watch::channel(Arc::new(vec![OutputSlot {
                 when: None,
-                output: Box::new(capture.clone()),
-            }]),
+                output: Arc::new(capture.clone()),
+            }]))
+            .1,
             dead_letters: Arc::new(DeadLetters::in_dir(dir.path())),
             events_out: ctx.metrics.counter("sheepdog_test_out_total", "out", &[]),
         };

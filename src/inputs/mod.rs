@@ -41,6 +41,14 @@ impl InputConfig {
         }
     }
 
+    /// The address the input listens on.
+    pub fn address(&self) -> &str {
+        match self {
+            InputConfig::Http(c) => &c.address,
+            InputConfig::Beats(c) => &c.address,
+        }
+    }
+
     /// Binds the listener and spawns the input; the task ends after shutdown is signalled
     /// and in-flight requests are answered.
     pub async fn start(

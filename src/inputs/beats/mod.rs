@@ -221,8 +221,9 @@ impl Config {
         } else {
             None
         };
-        let listener = tokio::net::TcpListener::bind(&self.address)
-            .await
+        let listener = ctx
+            .listeners
+            .bind(&self.address)
             .with_context(|| format!("input `{id}`: cannot listen on {}", self.address))?;
         self.serve_on(listener, tls, id, ctx, queue)
     }

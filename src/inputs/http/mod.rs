@@ -202,8 +202,9 @@ impl Config {
         } else {
             None
         };
-        let listener = tokio::net::TcpListener::bind(&self.address)
-            .await
+        let listener = ctx
+            .listeners
+            .bind(&self.address)
             .with_context(|| format!("input `{id}`: cannot listen on {}", self.address))?;
         let local = listener.local_addr()?;
         tracing::info!(input = id, address = %local, tls = tls.is_some(), "http input listening");
