@@ -305,7 +305,11 @@ pub async fn run(
     ));
     let journal = open_journal(&config, &ctx)?;
     let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
-    let queue_tx = queue_tx.with_journal(journal.clone());
+    let delivered = (config.pipeline.acknowledge == crate::config::AckPoint::Delivered)
+        .then_some(config.pipeline.delivery_timeout);
+    let queue_tx = queue_tx
+        .with_journal(journal.clone())
+        .acknowledging_delivery(delivered);
     let workers = start_workers(&config, &ctx, queue_rx, chain, outputs_rx);
     replay_journal(&journal, &queue_tx, &ctx).await;
 

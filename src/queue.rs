@@ -55,6 +55,9 @@ pub struct QueueSender {
     depth: Gauge,
     /// The persisted queue inputs write to before they queue, when there is one.
     journal: Option<Arc<crate::journal::Journal>>,
+    /// `acknowledge = "delivered"`: inputs answer once the outputs confirmed, waiting for HTTP
+    /// at most this long.
+    delivered: Option<std::time::Duration>,
 }
 
 pub struct QueueReceiver {
@@ -77,6 +80,7 @@ pub fn bounded(
             batch_size: batch_size.max(1),
             depth,
             journal: None,
+            delivered: None,
         },
         Arc::new(QueueReceiver { rx: Mutex::new(rx) }),
     )
@@ -87,6 +91,18 @@ impl QueueSender {
     pub fn with_journal(mut self, journal: Option<Arc<crate::journal::Journal>>) -> Self {
         self.journal = journal;
         self
+    }
+
+    /// The sender with inputs answering only once events are delivered (HTTP waiting at most
+    /// `timeout`).
+    pub fn acknowledging_delivery(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.delivered = timeout;
+        self
+    }
+
+    /// `Some(timeout)` when inputs answer only once the outputs confirmed delivery.
+    pub fn delivery_wait(&self) -> Option<std::time::Duration> {
+        self.delivered
     }
 
     /// The persisted queue, when the pipeline has one: inputs write a record of what they

@@ -408,3 +408,46 @@ fn sigterm_past_a_short_deadline_keeps_what_was_not_delivered() {
     );
     assert!(dog.stop().success());
 }
+
+#[test]
+fn acknowledge_delivered_answers_once_indexed_and_503_while_the_cluster_is_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(shipped()).unwrap();
+    let patched = text.replacen(
+        "[pipeline]\n",
+        "[pipeline]\nacknowledge = \"delivered\"\ndelivery_timeout = \"2s\"\n",
+        1,
+    );
+    let config = dir.path().join("delivered.toml");
+    std::fs::write(&config, patched).unwrap();
+    let es_addr = format!("127.0.0.1:{}", free_port());
+    let es_url = format!("http://{es_addr}");
+    let home = Home::new();
+    let dog = home.start(&config, &es_url, &[]);
+    // No cluster: the events are queued but not delivered within 2 s.
+    let started = Instant::now();
+    let (code, text) = dog.post(body("a", 0, 50), "application/x-ndjson");
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("delivery_timeout"), "{text}");
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let es = Osmem::start_on(&es_addr);
+    // The refused body's events were queued all the same: indexed once the cluster is back.
+    wait_until("the first body indexed", Duration::from_secs(60), || {
+        es.count("holysheep-logs-*") >= 50
+    });
+    // With the cluster there, a 200 means indexed: the count is right at once.
+    for k in 0..5 {
+        let (code, text) = dog.post(body("a", 50 + k * 50, 100 + k * 50), "application/x-ndjson");
+        assert_eq!(code, 200, "{text}");
+        es.refresh();
+        assert!(es.count("holysheep-logs-*") >= 100 + k as u64 * 50);
+    }
+    report(
+        "acknowledge = delivered",
+        &es,
+        "a",
+        300,
+        Duration::from_secs(60),
+        &dog.log(),
+    );
+}

@@ -53,6 +53,24 @@ pub struct PipelineSettings {
     /// When the persisted queue syncs to disk: `"always"` (before every answer) or at most
     /// an interval after a write (default `"1s"`).
     pub queue_sync: String,
+    /// When inputs answer their clients (HTTP 200, Beats ACK): `"queued"` (the default: once
+    /// the events are queued, and with the persisted queue written) or `"delivered"` (once
+    /// every output that confirms delivery has, e.g. a `kafka` output in a shipper tier).
+    pub acknowledge: AckPoint,
+    /// With `acknowledge = "delivered"`: how long an HTTP request waits for delivery before
+    /// it is answered 503 (the events stay in the pipeline; a resend is absorbed by document
+    /// ids). Beats waits as long as it takes, with keepalives.
+    #[serde(deserialize_with = "de::duration")]
+    pub delivery_timeout: Duration,
+}
+
+/// When inputs acknowledge events to their clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckPoint {
+    #[default]
+    Queued,
+    Delivered,
 }
 
 /// Where the pipeline queue keeps events.
@@ -76,6 +94,8 @@ impl Default for PipelineSettings {
             queue: QueueKind::Memory,
             queue_max_bytes: 1 << 30,
             queue_sync: "1s".into(),
+            acknowledge: AckPoint::Queued,
+            delivery_timeout: Duration::from_secs(30),
         }
     }
 }

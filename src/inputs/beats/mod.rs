@@ -762,10 +762,16 @@ async fn deliver<W: AsyncWrite + Unpin>(
     shared: &Shared,
 ) -> Result<bool, ConnError> {
     let part = shared.queue.capacity().max(1);
-    let hold = match persist(w.record.take(), write, shared).await? {
+    let mut hold = match persist(w.record.take(), write, shared).await? {
         Persisted::Written(hold) => hold,
         Persisted::Stopped => return Ok(false),
     };
+    let mut outcome = None;
+    if shared.queue.delivery_wait().is_some() {
+        let (h, o) = crate::ack::for_delivery(hold);
+        hold = Some(h);
+        outcome = Some(o);
+    }
     while !w.events.is_empty() {
         let take = w.events.len().min(part);
         let (events, seq, mut share) = if take == w.events.len() {
@@ -791,11 +797,37 @@ async fn deliver<W: AsyncWrite + Unpin>(
             Some(Err(_)) | None => return Ok(false),
         }
         shared.metrics.events_queued.add(n);
+        if outcome.is_some() && !w.events.is_empty() {
+            // Acknowledged once the whole window is delivered.
+            continue;
+        }
+        if let Some(o) = outcome.take() {
+            crate::ack::confirm(hold.take());
+            if !await_delivery(o, write, shared).await? {
+                return Ok(false);
+            }
+        }
         write_ack(write, seq, shared).await?;
         shared.metrics.acks.inc();
     }
     crate::ack::confirm(hold);
     Ok(true)
+}
+
+/// With `acknowledge = "delivered"`, waits with keepalives until the outputs confirmed the
+/// window. A failed delivery closes the connection: the client sends the window again.
+async fn await_delivery<W: AsyncWrite + Unpin>(
+    outcome: tokio::sync::oneshot::Receiver<bool>,
+    write: &mut W,
+    shared: &Shared,
+) -> Result<bool, ConnError> {
+    match with_keepalive(outcome, "waiting for delivery", write, shared).await? {
+        None => Ok(false),
+        Some(Ok(true)) => Ok(true),
+        Some(_) => Err(ConnError::Queue(
+            "the outputs did not deliver the window; the client sends it again".into(),
+        )),
+    }
 }
 
 enum Persisted {

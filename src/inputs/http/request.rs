@@ -100,11 +100,12 @@ pub enum Refusal {
     Memory,
     QueueFull,
     QueueUnavailable,
+    NotDelivered,
     ShuttingDown,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 11] = [
+    const ALL: [Refusal; 12] = [
         Refusal::Method,
         Refusal::Unauthorized,
         Refusal::TooLarge,
@@ -115,6 +116,7 @@ impl Refusal {
         Refusal::Memory,
         Refusal::QueueFull,
         Refusal::QueueUnavailable,
+        Refusal::NotDelivered,
         Refusal::ShuttingDown,
     ];
 
@@ -130,6 +132,7 @@ impl Refusal {
             Refusal::Memory => "memory",
             Refusal::QueueFull => "queue_full",
             Refusal::QueueUnavailable => "queue_unavailable",
+            Refusal::NotDelivered => "not_delivered",
             Refusal::ShuttingDown => "shutting_down",
         }
     }
@@ -144,7 +147,9 @@ impl Refusal {
             Refusal::TooManyRequests | Refusal::Memory | Refusal::QueueFull => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Refusal::ShuttingDown | Refusal::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::ShuttingDown | Refusal::QueueUnavailable | Refusal::NotDelivered => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -160,6 +165,9 @@ impl Refusal {
             Refusal::Memory => "memory budget is full, retry later\n",
             Refusal::QueueFull => "pipeline queue is full, retry later\n",
             Refusal::QueueUnavailable => "the persisted queue cannot be written, retry later\n",
+            Refusal::NotDelivered => {
+                "the outputs did not confirm delivery within delivery_timeout, retry later\n"
+            }
             Refusal::ShuttingDown => "shutting down\n",
         }
     }
@@ -477,6 +485,7 @@ async fn queue_documents(
     // A chunk takes at most an eighth of the budget, so concurrent bodies share it.
     let share = shared.budget.limit() / 8;
     let mut chunk: Vec<Doc<'_>> = Vec::new();
+    let mut outcomes = Vec::new();
     while docs.peek().is_some() {
         chunk.clear();
         let mut cost = 0;
@@ -496,7 +505,12 @@ async fn queue_documents(
             .collect();
         shared.metrics.parse_failures.add(decoder.failures - before);
         let n = events.len();
-        let hold = persist(shared, &chunk, received, cost, clock).await?;
+        let mut hold = persist(shared, &chunk, received, cost, clock).await?;
+        if shared.queue.delivery_wait().is_some() {
+            let (h, outcome) = crate::ack::for_delivery(hold);
+            hold = Some(h);
+            outcomes.push(outcome);
+        }
         match room.send_held(&shared.source, events, &mut charge, hold) {
             Ok(()) => {}
             Err(QueueError::Closed(_)) => return Err(Refusal::ShuttingDown),
@@ -504,6 +518,25 @@ async fn queue_documents(
         }
         progress.accepted += n;
         shared.metrics.events_in.add(n as u64);
+    }
+    await_delivery(shared, outcomes).await
+}
+
+/// With `acknowledge = "delivered"`, waits (at most `delivery_timeout`) until the outputs
+/// confirmed every chunk.
+async fn await_delivery(
+    shared: &Shared,
+    outcomes: Vec<tokio::sync::oneshot::Receiver<bool>>,
+) -> Result<(), Refusal> {
+    let Some(wait) = shared.queue.delivery_wait() else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    for outcome in outcomes {
+        match tokio::time::timeout_at(deadline, outcome).await {
+            Ok(Ok(true)) => {}
+            _ => return Err(Refusal::NotDelivered),
+        }
     }
     Ok(())
 }
