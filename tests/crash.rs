@@ -10,7 +10,7 @@ use common::{free_port, Osmem, Sheepdog};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -161,14 +161,7 @@ fn report(name: &str, es: &Osmem, prefix: &str, sent: usize, timeout: Duration, 
         std::thread::sleep(Duration::from_millis(500));
         seen = tally(es);
     }
-    let duplicates: u64 = seen.values().map(|n| n - 1).sum();
-    let lost = (0..sent)
-        .filter(|n| !seen.contains_key(&format!("{prefix}-{n}")))
-        .count();
-    println!(
-        "faults: {name}: sent {sent}, indexed {}, duplicates {duplicates}, lost {lost}",
-        seen.len()
-    );
+    let (duplicates, lost) = common::fault_tally(name, prefix, sent, &seen);
     assert_eq!((duplicates, lost), (0, 0), "{log}");
     assert_eq!(seen.len(), sent);
 }
@@ -221,7 +214,6 @@ impl Drop for Filebeat {
 }
 
 fn start_filebeat(dir: &Path, beats: &str) -> Filebeat {
-    let bin = common::filebeat_binary();
     let yml = format!(
         r#"filebeat.inputs:
 - type: log
@@ -246,17 +238,7 @@ http.enabled: false
     );
     let config = dir.join("filebeat.yml");
     std::fs::write(&config, yml).unwrap();
-    let log = std::fs::File::create(dir.join("filebeat.log")).unwrap();
-    let child = Command::new(&bin)
-        .args(["-e", "--strict.perms=false", "-c"])
-        .arg(&config)
-        .arg("--path.home")
-        .arg(bin.parent().unwrap())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start filebeat");
-    Filebeat(child)
+    Filebeat(common::spawn_filebeat(&config, &dir.join("filebeat.log")))
 }
 
 #[test]

@@ -208,17 +208,10 @@ fn sighup_with_a_new_input_and_output_keeps_the_listener_open_and_loses_nothing(
     let (a, b) = (ids_in(&out_a), ids_in(&out_b));
     let mut seen = std::collections::HashMap::new();
     for (id, _) in a.iter().chain(&b) {
-        *seen.entry(id.clone()).or_insert(0) += 1;
+        *seen.entry(id.clone()).or_insert(0u64) += 1;
     }
-    let duplicates: usize = seen.values().map(|n| n - 1).sum();
-    let lost = (0..total)
-        .filter(|i| !seen.contains_key(&format!("r-{i}")))
-        .count();
-    println!(
-        "faults: SIGHUP with a new input and output: sent {total}, indexed {}, duplicates {duplicates}, lost {lost}",
-        seen.len()
-    );
-    assert_eq!((duplicates, lost), (0, 0));
+    let tally = common::fault_tally("SIGHUP with a new input and output", "r", total, &seen);
+    assert_eq!(tally, (0, 0));
     assert!(
         a.iter().all(|(_, tagged)| !tagged),
         "the old output saw only the old input"
