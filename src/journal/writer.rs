@@ -38,6 +38,8 @@ pub struct Writer {
     file_len: u64,
     last_sync: Instant,
     unsynced: bool,
+    /// With an interval: syncs run on their own thread, so appends never wait behind one.
+    background: Option<Background>,
     /// The watermark and the count of records confirmed beyond it, as last recorded.
     checkpointed: (u64, usize),
 }
@@ -48,6 +50,10 @@ impl Writer {
         let segments = segments::list(&shared.dir)?;
         let checkpointed = (shared.ledger().watermark(), 0);
         let file = new_segment(&shared.dir, head)?;
+        let background = match shared.sync {
+            Sync::Interval(_) => Some(Background::start(shared.clone())?),
+            Sync::Always => None,
+        };
         let mut w = Writer {
             shared,
             segments,
@@ -56,6 +62,7 @@ impl Writer {
             file_len: 0,
             last_sync: Instant::now(),
             unsynced: false,
+            background,
             checkpointed,
         };
         w.note_segment(head);
@@ -205,7 +212,11 @@ impl Writer {
 
     fn roll(&mut self) -> std::io::Result<()> {
         if self.unsynced {
-            self.sync()?;
+            if self.background.is_some() {
+                self.sync_in_background();
+            } else {
+                self.sync()?;
+            }
         }
         let start = self.file_start + self.file_len;
         self.file = new_segment(&self.shared.dir, start)?;
@@ -219,9 +230,7 @@ impl Writer {
     fn idle(&mut self) {
         if let Sync::Interval(d) = self.shared.sync {
             if self.unsynced && self.last_sync.elapsed() >= d {
-                if let Err(e) = self.sync() {
-                    self.failed("sync", e);
-                }
+                self.sync_in_background();
             }
         }
         let (watermark, confirmed) = {
@@ -257,6 +266,60 @@ impl Writer {
             }
         }
         self.idle();
+    }
+}
+
+impl Writer {
+    /// Hands the segment to the sync thread (unless a sync is still running: the next tick
+    /// tries again).
+    fn sync_in_background(&mut self) {
+        let Some(bg) = &self.background else { return };
+        if bg.busy.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        let handed = match self.file.try_clone() {
+            Ok(f) => bg.files.send(f).is_ok(),
+            Err(_) => false,
+        };
+        if handed {
+            self.unsynced = false;
+            self.last_sync = Instant::now();
+        } else {
+            bg.busy.store(false, std::sync::atomic::Ordering::Release);
+            if let Err(e) = self.sync() {
+                self.failed("sync", e);
+            }
+        }
+    }
+}
+
+/// The thread that runs interval syncs.
+struct Background {
+    files: std::sync::mpsc::Sender<File>,
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Background {
+    fn start(shared: Arc<Shared>) -> std::io::Result<Background> {
+        let (files, rx) = std::sync::mpsc::channel::<File>();
+        let busy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = busy.clone();
+        std::thread::Builder::new()
+            .name("sheepdog-queue-sync".into())
+            .spawn(move || {
+                for file in rx {
+                    let started = Instant::now();
+                    match file.sync_data() {
+                        Ok(()) => shared
+                            .metrics
+                            .sync_seconds
+                            .observe(started.elapsed().as_secs_f64()),
+                        Err(e) => tracing::error!(dir = %shared.dir.display(), error = %e, "cannot sync the persisted queue"),
+                    }
+                    flag.store(false, std::sync::atomic::Ordering::Release);
+                }
+            })?;
+        Ok(Background { files, busy })
     }
 }
 
