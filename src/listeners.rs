@@ -55,10 +55,13 @@ mod tests {
     #[tokio::test]
     async fn a_second_bind_shares_the_socket_and_it_outlives_the_first_listener() {
         let listeners = Listeners::default();
-        let first = listeners.bind("127.0.0.1:0").unwrap();
-        let addr = first.local_addr().unwrap();
-        // Keyed by the configured address: a fixed port is what a reload finds again.
+        // A fixed port (as a pipeline file gives): take a free one.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let fixed = addr.to_string();
+        let first = listeners.bind(&fixed).unwrap();
         let one = listeners.bind(&fixed).unwrap();
         drop(first);
         let two = listeners.bind(&fixed).unwrap();
