@@ -659,4 +659,19 @@ mod tests {
             Some(1.0)
         );
     }
+
+    #[test]
+    fn persisted_queue_settings_are_checked() {
+        let mut p = crate::config::PipelineSettings::default();
+        assert!(persisted_queue_problems(&p).is_empty());
+        p.queue_sync = "sometimes".into();
+        p.queue_max_bytes = 1000;
+        let problems: Vec<String> = persisted_queue_problems(&p)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("pipeline.queue_sync"), "{problems:?}");
+        assert!(problems[1].contains("at least 1MiB"), "{problems:?}");
+    }
 }
