@@ -99,6 +99,21 @@ impl std::fmt::Debug for Hold {
     }
 }
 
+/// A hold for events an input answers its client about only once they are delivered, and the
+/// receiver of the outcome. `inner` (the persisted queue's record) settles with it.
+pub fn for_delivery(inner: Option<Hold>) -> (Hold, tokio::sync::oneshot::Receiver<bool>) {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let hold = Hold::new(move |delivered| {
+        match inner {
+            Some(h) if delivered => h.confirm(),
+            Some(h) => h.fail(),
+            None => {}
+        }
+        let _ = tx.send(delivered);
+    });
+    (hold, rx)
+}
+
 /// Confirms an optional hold (events carried without one need nothing).
 pub fn confirm(hold: Option<Hold>) {
     if let Some(h) = hold {
@@ -137,6 +152,21 @@ mod tests {
         assert_eq!(*seen.lock().unwrap(), [false]);
         let (hold, seen) = recorder();
         hold.fail();
+        assert_eq!(*seen.lock().unwrap(), [false]);
+    }
+
+    #[tokio::test]
+    async fn a_delivery_hold_settles_the_inner_one_with_it() {
+        let (inner, seen) = recorder();
+        let (hold, outcome) = for_delivery(Some(inner));
+        hold.clone().confirm();
+        hold.confirm();
+        assert!(outcome.await.unwrap());
+        assert_eq!(*seen.lock().unwrap(), [true]);
+        let (inner, seen) = recorder();
+        let (hold, outcome) = for_delivery(Some(inner));
+        drop(hold);
+        assert!(!outcome.await.unwrap());
         assert_eq!(*seen.lock().unwrap(), [false]);
     }
 

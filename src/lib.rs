@@ -14,9 +14,12 @@ pub mod event;
 pub mod filters;
 pub mod health;
 pub mod inputs;
+pub mod journal;
 pub mod json;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod listeners;
+pub mod live;
 pub mod metrics;
 pub mod offline;
 pub mod outputs;
@@ -42,6 +45,8 @@ pub struct BuildContext {
     pub verify: Verify,
     /// The memory budget every input, the queue and the outputs charge what they hold to.
     pub budget: budget::MemoryBudget,
+    /// Listening sockets, kept across reloads.
+    pub listeners: listeners::Listeners,
 }
 
 /// When a build runs slow checks of data files (walking a 55 MB GeoIP database takes seconds).
@@ -65,6 +70,7 @@ impl BuildContext {
             data_dir,
             shutdown,
             verify: Verify::Now,
+            listeners: listeners::Listeners::default(),
         }
     }
 }

@@ -7,22 +7,16 @@ use crate::config::problem::{PathSeg, Problem};
 use crate::config::PipelineConfig;
 use crate::filters::panics::DeadLetters;
 use crate::filters::{BuildState, FilterStage};
-use crate::outputs::{Output, OutputConfig};
+use crate::live::{Live, OutputSlot, Slots, Tasks};
+use crate::outputs::OutputConfig;
 use crate::queue::{self, QueueReceiver};
 use crate::BuildContext;
-use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
 /// The smallest `pipeline.memory_limit` accepted.
 const MIN_MEMORY_LIMIT: u64 = 16 * 1024 * 1024;
-
-/// An output as the workers see it.
-struct OutputSlot {
-    when: Option<Condition>,
-    output: Box<dyn Output>,
-}
 
 fn compile_when(
     when: &Option<String>,
@@ -132,6 +126,7 @@ pub fn validate_and_build(
     if config.pipeline.queue_capacity == 0 {
         problems.push(Problem::at("pipeline.queue_capacity", "must be at least 1"));
     }
+    problems.extend(persisted_queue_problems(&config.pipeline));
     if !config.api.address.is_empty() {
         problems.extend(crate::inputs::check_address(
             "api.address",
@@ -140,6 +135,65 @@ pub fn validate_and_build(
         problems.extend(config.api.status_page.validate());
     }
     (problems, stages)
+}
+
+/// The smallest `pipeline.queue_max_bytes` accepted.
+const MIN_QUEUE_BYTES: u64 = 1 << 20;
+
+fn persisted_queue_problems(p: &crate::config::PipelineSettings) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    if let Err(e) = crate::journal::Sync::parse(&p.queue_sync) {
+        problems.push(
+            Problem::at("pipeline.queue_sync", e)
+                .hint("write \"always\" or an interval such as \"1s\""),
+        );
+    }
+    if p.queue_max_bytes < MIN_QUEUE_BYTES {
+        problems.push(
+            Problem::at(
+                "pipeline.queue_max_bytes",
+                format!("{} bytes cannot hold a request body", p.queue_max_bytes),
+            )
+            .hint("use at least 1MiB; the default is 1GiB"),
+        );
+    }
+    problems
+}
+
+/// Opens the persisted queue when the pipeline asks for one.
+fn open_journal(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+) -> anyhow::Result<Option<Arc<crate::journal::Journal>>> {
+    if config.pipeline.queue != crate::config::QueueKind::Persisted {
+        return Ok(None);
+    }
+    let settings = crate::journal::Settings {
+        dir: ctx.data_dir.join("queue"),
+        max_bytes: config.pipeline.queue_max_bytes,
+        sync: crate::journal::Sync::parse(&config.pipeline.queue_sync)
+            .map_err(|e| anyhow::anyhow!("pipeline.queue_sync: {e}"))?,
+    };
+    let journal = crate::journal::Journal::open(&settings, &ctx.metrics)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(dir = %settings.dir.display(), max_bytes = settings.max_bytes, sync = %config.pipeline.queue_sync, "persisted queue open");
+    Ok(Some(Arc::new(journal)))
+}
+
+/// Replays what the persisted queue holds (before the inputs start), then keeps delivering
+/// again what fails at run time.
+async fn replay_journal(
+    journal: &Option<Arc<crate::journal::Journal>>,
+    queue: &queue::QueueSender,
+    ctx: &BuildContext,
+) {
+    let Some(journal) = journal else { return };
+    journal.replay(queue, &ctx.budget).await;
+    tokio::spawn(journal.clone().redeliver(
+        queue.clone(),
+        ctx.budget.clone(),
+        ctx.shutdown.clone(),
+    ));
 }
 
 /// What the alert rules read from the pipeline file; `None` without `[alerts]`.
@@ -172,7 +226,7 @@ fn worker_count(configured: usize) -> usize {
 struct Worker {
     queue: Arc<QueueReceiver>,
     chain: tokio::sync::watch::Receiver<crate::reload::Chain>,
-    outputs: Arc<Vec<OutputSlot>>,
+    outputs: tokio::sync::watch::Receiver<Slots>,
     /// Where events a stage panicked on go.
     dead_letters: Arc<DeadLetters>,
     events_out: crate::metrics::Counter,
@@ -203,7 +257,8 @@ impl Worker {
                 self.dead_letters.write(&panicked);
                 panicked.clear();
             }
-            for slot in self.outputs.iter() {
+            let outputs = self.outputs.borrow().clone();
+            for slot in outputs.iter() {
                 let refs: Vec<&crate::event::Event> = match &slot.when {
                     None => batch.events.iter().collect(),
                     Some(cond) => batch.events.iter().filter(|e| cond.matches(e)).collect(),
@@ -238,35 +293,29 @@ pub async fn run(
     let stages = Arc::new(checked_filters(&config, &ctx)?);
     let filters = stages.len();
     let (chain_tx, chain) = tokio::sync::watch::channel(stages);
-    let (outputs, output_tasks, status) = start_outputs(&config, &ctx).await?;
-    let outputs = Arc::new(outputs);
-    let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
-    let events_out = ctx.metrics.counter(
-        "sheepdog_pipeline_events_total",
-        "Events that passed the filter chain and were handed to outputs",
-        &[],
-    );
-    let worker = Worker {
-        queue: queue_rx,
-        chain,
-        outputs: outputs.clone(),
-        dead_letters: Arc::new(DeadLetters::in_dir(&ctx.data_dir)),
-        events_out,
-    };
-    let workers: Vec<JoinHandle<()>> = (0..worker_count(config.pipeline.workers))
-        .map(|_| tokio::spawn(worker.clone().run()))
+    let (slots, output_tasks, status) = start_outputs(&config, &ctx).await?;
+    let outputs = slots.len();
+    let fixed: Vec<OutputSlot> = slots
+        .iter()
+        .filter(|s| s.fixed)
+        .map(|s| s.slot.clone())
         .collect();
-    drop(worker);
+    let (outputs_tx, outputs_rx) = tokio::sync::watch::channel(Arc::new(
+        slots.into_iter().map(|s| s.slot).collect::<Vec<_>>(),
+    ));
+    let journal = open_journal(&config, &ctx)?;
+    let (queue_tx, queue_rx) = pipeline_queue(&config, &ctx);
+    let delivered = (config.pipeline.acknowledge == crate::config::AckPoint::Delivered)
+        .then_some(config.pipeline.delivery_timeout);
+    let queue_tx = queue_tx
+        .with_journal(journal.clone())
+        .acknowledging_delivery(delivered);
+    let workers = start_workers(&config, &ctx, queue_rx, chain, outputs_rx);
+    replay_journal(&journal, &queue_tx, &ctx).await;
 
-    let mut input_tasks = Vec::new();
-    for stage in &config.inputs {
-        let task = stage
-            .config
-            .start(&stage.id, &ctx, queue_tx.clone())
-            .await?;
-        input_tasks.push((stage.id.clone(), task));
-    }
-    drop(queue_tx);
+    let mut live = Live::new(outputs_tx, fixed, output_tasks, queue_tx);
+    let text = reload.as_ref().map(|r| r.text.clone()).unwrap_or_default();
+    live.start_inputs(&config, &text, &ctx).await?;
 
     let api_task = if config.api.address.is_empty() {
         None
@@ -276,43 +325,68 @@ pub async fn run(
     tracing::info!(
         inputs = config.inputs.len(),
         filters,
-        outputs = outputs.len(),
+        outputs,
         "sheepdog ready"
     );
 
-    wait_for_shutdown(&ctx, chain_tx, reload).await;
+    let live = wait_for_shutdown(&ctx, chain_tx, reload, live).await;
+    let (input_tasks, output_tasks) = live.into_tasks();
     let running = Running {
         input_tasks,
         workers,
-        outputs,
         output_tasks,
         api_task,
+        journal,
     };
-    running
-        .drain(config.pipeline.shutdown_timeout, &ctx.metrics)
-        .await;
+    running.drain(config.pipeline.shutdown_timeout, &ctx).await;
     Ok(())
 }
 
-/// Waits for shutdown, reloading the pipeline file on each request meanwhile.
+/// Starts the filter workers.
+fn start_workers(
+    config: &PipelineConfig,
+    ctx: &BuildContext,
+    queue: Arc<QueueReceiver>,
+    chain: tokio::sync::watch::Receiver<crate::reload::Chain>,
+    outputs: tokio::sync::watch::Receiver<Slots>,
+) -> Vec<JoinHandle<()>> {
+    let worker = Worker {
+        queue,
+        chain,
+        outputs,
+        dead_letters: Arc::new(DeadLetters::in_dir(&ctx.data_dir)),
+        events_out: ctx.metrics.counter(
+            "sheepdog_pipeline_events_total",
+            "Events that passed the filter chain and were handed to outputs",
+            &[],
+        ),
+    };
+    (0..worker_count(config.pipeline.workers))
+        .map(|_| tokio::spawn(worker.clone().run()))
+        .collect()
+}
+
+/// Waits for shutdown, reloading the pipeline file on each request meanwhile; hands back
+/// what runs then.
 async fn wait_for_shutdown(
     ctx: &BuildContext,
     chain: tokio::sync::watch::Sender<crate::reload::Chain>,
     reload: Option<ReloadSource>,
-) {
+    mut live: Live,
+) -> Live {
     let Some(mut source) = reload else {
         ctx.shutdown.cancelled().await;
-        return;
+        return live;
     };
     let mut reloader = crate::reload::Reloader::new(source.path, source.text, chain, ctx);
     loop {
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
+            _ = ctx.shutdown.cancelled() => return live,
             request = source.requests.recv() => match request {
-                Some(()) => reloader.reload().await,
+                Some(()) => reloader.reload(&mut live).await,
                 None => {
                     ctx.shutdown.cancelled().await;
-                    return;
+                    return live;
                 }
             },
         }
@@ -340,56 +414,35 @@ fn checked_filters(
     Ok(stages)
 }
 
-/// Output tasks by stage id, awaited at shutdown.
-type Tasks = Vec<(String, JoinHandle<()>)>;
+/// A slot at start-up, and whether it stays across reloads (it is not from the file's
+/// `[[outputs]]` or `[alerts]`).
+struct StartSlot {
+    slot: OutputSlot,
+    fixed: bool,
+}
 
 /// Starts every output, then the alert rules and the status page's statistics (both fed like
 /// an output without `when`).
 async fn start_outputs(
     config: &PipelineConfig,
     ctx: &BuildContext,
-) -> anyhow::Result<(Vec<OutputSlot>, Tasks, Option<crate::status::Sources>)> {
-    let mut output_slots = Vec::new();
-    let mut output_tasks: Tasks = Vec::new();
-    for stage in &config.outputs {
-        let started = stage
-            .config
-            .start(&stage.id, ctx)
-            .await
-            .with_context(|| format!("output `{}` could not start", stage.id))?;
-        let when = stage
-            .when
-            .as_ref()
-            .map(|w| Condition::compile(w))
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        output_slots.push(OutputSlot {
-            when,
-            output: started.output,
-        });
-        output_tasks.push((stage.id.clone(), started.task));
-    }
-    // [alerts]: the rules see every event after the filters, fed like an output without `when`.
-    let alerts = match alert_input(config) {
-        Some(input) => crate::alerts::start(&input, ctx)?,
-        None => None,
-    };
-    let alert_states = alerts.map(|(started, states)| {
-        output_slots.push(OutputSlot {
-            when: None,
-            output: started.output,
-        });
-        output_tasks.push(("alerts".into(), started.task));
-        states
-    });
+) -> anyhow::Result<(Vec<StartSlot>, Tasks, Option<crate::status::Sources>)> {
+    let (file_slots, tasks, alert_states) = crate::live::start_file_outputs(config, ctx).await?;
+    let mut slots: Vec<StartSlot> = file_slots
+        .into_iter()
+        .map(|slot| StartSlot { slot, fixed: false })
+        .collect();
     let status = status_sources(config, ctx, alert_states)?;
     if let Some(sources) = &status {
-        output_slots.push(OutputSlot {
-            when: None,
-            output: Box::new(crate::status::StatsSink(sources.events.clone())),
+        slots.push(StartSlot {
+            slot: OutputSlot {
+                when: None,
+                output: Arc::new(crate::status::StatsSink(sources.events.clone())),
+            },
+            fixed: true,
         });
     }
-    Ok((output_slots, output_tasks, status))
+    Ok((slots, tasks, status))
 }
 
 /// What the status page reads, when the API and the page are on.
@@ -457,15 +510,16 @@ fn undelivered(metrics: &crate::metrics::Registry) -> (i64, i64) {
 struct Running {
     input_tasks: Tasks,
     workers: Vec<JoinHandle<()>>,
-    outputs: Arc<Vec<OutputSlot>>,
     output_tasks: Tasks,
     api_task: Option<JoinHandle<()>>,
+    journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl Running {
     /// Stops the inputs, lets the workers drain the queue, then lets the outputs flush, all
     /// within `timeout`.
-    async fn drain(self, timeout: Duration, metrics: &crate::metrics::Registry) {
+    async fn drain(self, timeout: Duration, ctx: &BuildContext) {
+        let metrics = &ctx.metrics;
         let deadline = tokio::time::Instant::now() + timeout;
         tracing::info!(timeout = ?timeout, "shutting down: stopping inputs, draining the queue");
         for (id, task) in self.input_tasks {
@@ -473,19 +527,23 @@ impl Running {
                 tracing::warn!(input = %id, "input did not stop before the shutdown deadline");
             }
         }
+        // No input accepts any more: close the sockets kept for reloads.
+        ctx.listeners.retain(&[]);
         for w in self.workers {
             if tokio::time::timeout_at(deadline, w).await.is_err() {
                 tracing::warn!("filter worker did not drain before the shutdown deadline");
             }
         }
-        drop(self.outputs);
         for (id, task) in self.output_tasks {
             if tokio::time::timeout_at(deadline, task).await.is_err() {
                 tracing::warn!(output = %id, "output did not flush before the shutdown deadline");
             }
         }
         let (queued, in_outputs) = undelivered(metrics);
-        if queued + in_outputs > 0 {
+        if let Some(journal) = &self.journal {
+            // What is unconfirmed stays in the queue's files (logged by `close`).
+            journal.close().await;
+        } else if queued + in_outputs > 0 {
             tracing::error!(
                 queued,
                 in_outputs,
@@ -555,10 +613,11 @@ mod tests {
         let worker = Worker {
             queue: rx,
             chain,
-            outputs: Arc::new(vec![OutputSlot {
+            outputs: tokio::sync::watch::channel(Arc::new(vec![OutputSlot {
                 when: None,
-                output: Box::new(capture.clone()),
-            }]),
+                output: Arc::new(capture.clone()),
+            }]))
+            .1,
             dead_letters: Arc::new(DeadLetters::in_dir(dir.path())),
             events_out: ctx.metrics.counter("sheepdog_test_out_total", "out", &[]),
         };
@@ -599,5 +658,20 @@ mod tests {
                 .value("sheepdog_filter_panics_total", &[("stage", "picky")]),
             Some(1.0)
         );
+    }
+
+    #[test]
+    fn persisted_queue_settings_are_checked() {
+        let mut p = crate::config::PipelineSettings::default();
+        assert!(persisted_queue_problems(&p).is_empty());
+        p.queue_sync = "sometimes".into();
+        p.queue_max_bytes = 1000;
+        let problems: Vec<String> = persisted_queue_problems(&p)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("pipeline.queue_sync"), "{problems:?}");
+        assert!(problems[1].contains("at least 1MiB"), "{problems:?}");
     }
 }

@@ -53,6 +53,11 @@ pub struct QueueSender {
     capacity: usize,
     batch_size: usize,
     depth: Gauge,
+    /// The persisted queue inputs write to before they queue, when there is one.
+    journal: Option<Arc<crate::journal::Journal>>,
+    /// `acknowledge = "delivered"`: inputs answer once the outputs confirmed, waiting for HTTP
+    /// at most this long.
+    delivered: Option<std::time::Duration>,
 }
 
 pub struct QueueReceiver {
@@ -74,12 +79,38 @@ pub fn bounded(
             capacity,
             batch_size: batch_size.max(1),
             depth,
+            journal: None,
+            delivered: None,
         },
         Arc::new(QueueReceiver { rx: Mutex::new(rx) }),
     )
 }
 
 impl QueueSender {
+    /// The sender with inputs writing to `journal` before they queue.
+    pub fn with_journal(mut self, journal: Option<Arc<crate::journal::Journal>>) -> Self {
+        self.journal = journal;
+        self
+    }
+
+    /// The sender with inputs answering only once events are delivered (HTTP waiting at most
+    /// `timeout`).
+    pub fn acknowledging_delivery(mut self, timeout: Option<std::time::Duration>) -> Self {
+        self.delivered = timeout;
+        self
+    }
+
+    /// `Some(timeout)` when inputs answer only once the outputs confirmed delivery.
+    pub fn delivery_wait(&self) -> Option<std::time::Duration> {
+        self.delivered
+    }
+
+    /// The persisted queue, when the pipeline has one: inputs write a record of what they
+    /// queue to it first and answer their clients once it is written.
+    pub fn journal(&self) -> Option<&Arc<crate::journal::Journal>> {
+        self.journal.as_ref()
+    }
+
     pub fn capacity(&self) -> usize {
         self.capacity
     }

@@ -1,13 +1,16 @@
 //! SIGHUP: the running daemon re-reads its pipeline file.
 //!
 //! A file that fails `check` is refused: each problem is logged as `file:line:column`, `/health`
-//! says so, and the running pipeline goes on untouched. A valid file's filter chain (prices,
-//! conditions, enrichments: what operators change while traffic flows) takes over between two
-//! batches: the workers pick the new chain up for their next batch, so every event passes one
-//! whole chain, old or new, once. The memory budget follows `pipeline.memory_limit` at once.
-//! Inputs, outputs, alert rules, the API and the other `[pipeline]` settings keep running as
-//! they are, so no listener closes and no output's buffered events are touched; when the file
-//! changed any of them the log names each section that applies only at the next restart.
+//! says so, and the running pipeline goes on untouched. A valid file takes over:
+//! - its filter chain (prices, conditions, enrichments) between two batches: the workers pick
+//!   the new chain up for their next batch, so every event passes one whole chain, old or new,
+//!   once;
+//! - changed outputs and alert rules, and changed or new inputs, as [`crate::live`] says (no
+//!   event lost or doubled; listeners on an unchanged address never close);
+//! - `pipeline.memory_limit` at once.
+//!
+//! The API and the other `[pipeline]` settings (workers, queue) apply at the next restart; the
+//! log names each such section the file changed.
 //!
 //! `/health` has a `pipeline` component whose reason names the file and the SHA-256 of the
 //! version running (`sha256sum` prints the same digest).
@@ -37,7 +40,7 @@ pub fn sections_needing_restart(old: &str, new: &str) -> Vec<String> {
     let parse = |text: &str| text.parse::<toml::Table>().unwrap_or_default();
     let (old, new) = (parse(old), parse(new));
     let mut changed = Vec::new();
-    for key in ["inputs", "outputs", "alerts", "api"] {
+    for key in ["api"] {
         if old.get(key) != new.get(key) {
             changed.push(key.to_string());
         }
@@ -63,7 +66,7 @@ pub struct Reloader {
     text: String,
     version: String,
     chain: watch::Sender<Chain>,
-    budget: crate::budget::MemoryBudget,
+    ctx: crate::BuildContext,
     health: HealthHandle,
 }
 
@@ -84,13 +87,13 @@ impl Reloader {
             text,
             version,
             chain,
-            budget: ctx.budget.clone(),
+            ctx: ctx.clone(),
             health,
         }
     }
 
     /// Re-reads the file: takes over a valid one's filter chain, refuses an invalid one.
-    pub async fn reload(&mut self) {
+    pub(crate) async fn reload(&mut self, live: &mut crate::live::Live) {
         let path = self.path.clone();
         tracing::info!(file = %path.display(), "SIGHUP: reloading the pipeline file");
         // Building the chain may walk a GeoIP database for seconds: off the async threads.
@@ -104,12 +107,17 @@ impl Reloader {
         .await
         .unwrap_or_else(|e| Err(format!("reload failed: {e}")));
         match loaded {
-            Ok((text, loaded)) => self.take_over(text, loaded),
+            Ok((text, loaded)) => self.take_over(text, loaded, live).await,
             Err(problems) => self.refuse(&problems),
         }
     }
 
-    fn take_over(&mut self, text: String, loaded: crate::Loaded) {
+    async fn take_over(
+        &mut self,
+        text: String,
+        loaded: crate::Loaded,
+        live: &mut crate::live::Live,
+    ) {
         let version = version_of(&text);
         for w in &loaded.warnings {
             tracing::warn!("{w}");
@@ -117,7 +125,11 @@ impl Reloader {
         for section in sections_needing_restart(&self.text, &text) {
             tracing::warn!(section, version, "the reloaded file changes this section; it applies at the next restart, the running one goes on");
         }
-        self.budget.set_limit(loaded.config.pipeline.memory_limit);
+        self.ctx
+            .budget
+            .set_limit(loaded.config.pipeline.memory_limit);
+        live.reload(&self.text, &text, &loaded.config, &self.ctx)
+            .await;
         let stages = loaded.stages.len();
         // Workers take the new chain for their next batch; the old one is dropped with the
         // last batch that used it.
@@ -193,7 +205,8 @@ type = "stdout"
             .replace("\"stdout\"", "\"file\"");
         assert_eq!(
             sections_needing_restart(base, &more),
-            ["inputs", "outputs", "pipeline (except memory_limit)"]
+            ["pipeline (except memory_limit)"],
+            "inputs and outputs are reloaded"
         );
     }
 }

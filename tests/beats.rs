@@ -11,7 +11,7 @@ use common::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 fn scratch_dir(name: &str) -> PathBuf {
@@ -188,7 +188,6 @@ struct Filebeat {
 
 impl Filebeat {
     fn start(dir: &Path, o: &FilebeatOptions<'_>) -> Filebeat {
-        let bin = filebeat_binary();
         let hosts: Vec<String> = o.hosts.iter().map(|h| format!("\"{h}\"")).collect();
         let yml = format!(
             r#"filebeat.inputs:
@@ -230,18 +229,7 @@ http.enabled: false
         );
         let config = dir.join("filebeat.yml");
         std::fs::write(&config, yml).unwrap();
-        let log = std::fs::File::create(dir.join("filebeat.log")).unwrap();
-        let child = Command::new(&bin)
-            .arg("-e")
-            .arg("--strict.perms=false")
-            .arg("-c")
-            .arg(&config)
-            .arg("--path.home")
-            .arg(bin.parent().unwrap())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start filebeat");
+        let child = common::spawn_filebeat(&config, &dir.join("filebeat.log"));
         Filebeat {
             child: Some(child),
             dir: dir.to_path_buf(),

@@ -341,8 +341,9 @@ fn ilm_policy_refused_by_a_cluster_without_ilm_is_reported() {
     );
 }
 
-#[test]
-fn a_shutdown_deadline_that_passes_logs_how_many_events_were_not_delivered() {
+/// Starts the shipped pipeline (queue `queue`, a 2 s shutdown deadline) with no cluster,
+/// posts 25 events, stops it and returns the log line matching `marker`.
+fn deadline_line(queue: &str, marker: &str) -> String {
     // Nothing listens on the cluster's port: every event stays with the output.
     let dead = format!("http://127.0.0.1:{}", free_port());
     let shipped = std::fs::read_to_string(common::repo_root().join("pipelines/holysheep.toml"))
@@ -351,7 +352,7 @@ fn a_shutdown_deadline_that_passes_logs_how_many_events_were_not_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("short-deadline.toml");
     std::fs::write(&config, shipped).unwrap();
-    let mut dog = Sheepdog::start(&config, &[("ES_HOSTS", dead.as_str())]);
+    let mut dog = Sheepdog::start(&config, &[("ES_HOSTS", dead.as_str()), ("QUEUE", queue)]);
     let events: Vec<Value> = (0..25)
         .map(|i| json!({"request_id": format!("held-{i}"), "model": "m", "cost_usd": 0.1}))
         .collect();
@@ -359,24 +360,40 @@ fn a_shutdown_deadline_that_passes_logs_how_many_events_were_not_delivered() {
     assert_eq!(code, 200, "{text}");
     dog.stop();
     let log = dog.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("shutdown deadline passed with events not delivered"))
-        .unwrap_or_else(|| panic!("no count of undelivered events:\n{log}"));
-    let number = |key: &str| -> i64 {
-        let at = line
-            .find(&format!("{key}="))
-            .unwrap_or_else(|| panic!("{line}"))
-            + key.len()
-            + 1;
-        line[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
-    assert_eq!(number("queued") + number("in_outputs"), 25, "{line}");
+    log.lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no count of undelivered events:\n{log}"))
+        .to_string()
+}
+
+/// The number after `key=` in a log line.
+fn logged_number(line: &str, key: &str) -> i64 {
+    let at = line
+        .find(&format!("{key}="))
+        .unwrap_or_else(|| panic!("{line}"))
+        + key.len()
+        + 1;
+    line[at..]
+        .chars()
+        .take_while(|c| c.is_ascii_digit())
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_shutdown_deadline_that_passes_logs_how_many_events_were_not_delivered() {
+    let line = deadline_line(
+        "memory",
+        "shutdown deadline passed with events not delivered",
+    );
+    assert_eq!(
+        logged_number(&line, "queued") + logged_number(&line, "in_outputs"),
+        25,
+        "{line}"
+    );
+    let line = deadline_line("persisted", "stay in the persisted queue");
+    assert_eq!(logged_number(&line, "events"), 25, "{line}");
 }
 
 #[test]

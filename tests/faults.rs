@@ -222,7 +222,7 @@ fn merge_reply(reply: &[u8], refused: &[usize]) -> Vec<u8> {
 }
 
 /// Every document's request_id in the shipped pipeline's indices, with how often it appears.
-fn indexed(es: &Osmem) -> HashMap<String, usize> {
+fn indexed(es: &Osmem) -> HashMap<String, u64> {
     es.refresh();
     let r = es.search(
         "holysheep-logs-*",
@@ -266,14 +266,7 @@ fn settle(name: &str, es: &Osmem, dog: &Sheepdog, sent: usize, timeout: Duration
         std::thread::sleep(Duration::from_millis(500));
         seen = indexed(es);
     }
-    let duplicates: usize = seen.values().map(|n| n - 1).sum();
-    let lost = (0..sent)
-        .filter(|n| !seen.contains_key(&format!("f-{n}")))
-        .count();
-    println!(
-        "faults: {name}: sent {sent}, indexed {}, duplicates {duplicates}, lost {lost}",
-        seen.len()
-    );
+    let (duplicates, lost) = common::fault_tally(name, "f", sent, &seen);
     assert_eq!((duplicates, lost), (0, 0), "{}", dog.log());
     assert_eq!(es.count("holysheep-logs-*"), sent as u64);
 }

@@ -101,7 +101,7 @@ fn sighup_applies_an_edited_price_and_refuses_a_broken_file() {
     assert_eq!(last["cost_usd"], json!(9.0));
 
     // A section a reload does not apply is named, and left as it runs.
-    let moved = edited.replacen("tags = [\"direct-upload\"]", "tags = [\"moved\"]", 1);
+    let moved = edited.replacen("workers = 0", "workers = 1", 1);
     assert_ne!(moved, edited);
     std::fs::write(&config, &moved).unwrap();
     hangup(&dog);
@@ -121,4 +121,103 @@ fn sighup_applies_an_edited_price_and_refuses_a_broken_file() {
     );
     assert_eq!(events.len(), 4, "no event lost or doubled: {events:?}");
     assert!(dog.stop().success(), "{}", dog.log());
+}
+
+/// Request ids in an NDJSON file (empty when it does not exist).
+fn ids_in(path: &std::path::Path) -> Vec<(String, bool)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|e| {
+            let tagged = e["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "reloaded"));
+            (e["request_id"].as_str().unwrap().to_string(), tagged)
+        })
+        .collect()
+}
+
+#[test]
+fn sighup_with_a_new_input_and_output_keeps_the_listener_open_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out_a, out_b) = (dir.path().join("a.ndjson"), dir.path().join("b.ndjson"));
+    let config = shipped_pipeline_to_file(&out_a, &[], "");
+    let original = std::fs::read_to_string(&config).unwrap();
+    let dog = Sheepdog::start(&config, &[]);
+    let url = dog.http_url.clone();
+    let total = 3000;
+    let client = std::thread::spawn(move || {
+        // A connection per request: each one goes through the listening socket.
+        let http = reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let mut refused = Vec::new();
+        for k in 0..total / 20 {
+            let body: String = (k * 20..(k + 1) * 20)
+                .map(|i| {
+                    format!(
+                        "{}\n",
+                        json!({"request_id": format!("r-{i}"), "model": "gpt-4.1"})
+                    )
+                })
+                .collect();
+            match http.post(&url).body(body).send() {
+                Ok(r) if r.status() == 200 => {}
+                Ok(r) => refused.push(format!("body {k}: {}", r.status())),
+                Err(e) => refused.push(format!("body {k}: {e}")),
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        refused
+    });
+    common::wait_for(Duration::from_secs(60), "events before the reload", || {
+        (ids_in(&out_a).len() >= 500).then_some(())
+    });
+    // The same address with one more tag, and the file output writing elsewhere.
+    let edited = original
+        .replacen(
+            "tags = [\"direct-upload\"]",
+            "tags = [\"direct-upload\", \"reloaded\"]",
+            1,
+        )
+        .replacen(
+            &format!("path = \"{}\"", out_a.display()),
+            &format!("path = \"{}\"", out_b.display()),
+            1,
+        );
+    assert_eq!(edited.matches("reloaded").count(), 1);
+    assert!(edited.contains("b.ndjson"));
+    std::fs::write(&config, &edited).unwrap();
+    hangup(&dog);
+    wait_for_log(&dog, "pipeline reloaded");
+    let log = dog.log();
+    assert!(
+        log.contains("reload: input started with its new settings"),
+        "{log}"
+    );
+    assert!(log.contains("reload: new outputs took over"), "{log}");
+    let refused = client.join().unwrap();
+    assert!(refused.is_empty(), "the listener stayed open: {refused:?}");
+    common::wait_for(Duration::from_secs(60), "every event written", || {
+        (ids_in(&out_a).len() + ids_in(&out_b).len() >= total).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (a, b) = (ids_in(&out_a), ids_in(&out_b));
+    let mut seen = std::collections::HashMap::new();
+    for (id, _) in a.iter().chain(&b) {
+        *seen.entry(id.clone()).or_insert(0u64) += 1;
+    }
+    let tally = common::fault_tally("SIGHUP with a new input and output", "r", total, &seen);
+    assert_eq!(tally, (0, 0));
+    assert!(
+        a.iter().all(|(_, tagged)| !tagged),
+        "the old output saw only the old input"
+    );
+    assert!(
+        b.iter().any(|(_, tagged)| *tagged),
+        "the new input's events reach the new output"
+    );
 }

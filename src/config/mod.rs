@@ -42,6 +42,44 @@ pub struct PipelineSettings {
     /// growing. Default `256MiB`.
     #[serde(deserialize_with = "de::bytes")]
     pub memory_limit: u64,
+    /// `"memory"` (the default) or `"persisted"`: a write-ahead log under
+    /// `data_dir/queue/`; clients are answered once their events are written to it, and it
+    /// keeps them until the outputs confirmed them, across crashes and restarts.
+    pub queue: QueueKind,
+    /// The persisted queue's limit in bytes, from the oldest unconfirmed record to the newest.
+    /// Default `1GiB`.
+    #[serde(deserialize_with = "de::bytes")]
+    pub queue_max_bytes: u64,
+    /// When the persisted queue syncs to disk: `"always"` (before every answer) or at most
+    /// an interval after a write (default `"1s"`).
+    pub queue_sync: String,
+    /// When inputs answer their clients (HTTP 200, Beats ACK): `"queued"` (the default: once
+    /// the events are queued, and with the persisted queue written) or `"delivered"` (once
+    /// every output that confirms delivery has, e.g. a `kafka` output in a shipper tier).
+    pub acknowledge: AckPoint,
+    /// With `acknowledge = "delivered"`: how long an HTTP request waits for delivery before
+    /// it is answered 503 (the events stay in the pipeline; a resend is absorbed by document
+    /// ids). Beats waits as long as it takes, with keepalives.
+    #[serde(deserialize_with = "de::duration")]
+    pub delivery_timeout: Duration,
+}
+
+/// When inputs acknowledge events to their clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckPoint {
+    #[default]
+    Queued,
+    Delivered,
+}
+
+/// Where the pipeline queue keeps events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueKind {
+    #[default]
+    Memory,
+    Persisted,
 }
 
 impl Default for PipelineSettings {
@@ -53,6 +91,11 @@ impl Default for PipelineSettings {
             shutdown_timeout: Duration::from_secs(30),
             data_dir: PathBuf::from("data"),
             memory_limit: crate::budget::DEFAULT_LIMIT,
+            queue: QueueKind::Memory,
+            queue_max_bytes: 1 << 30,
+            queue_sync: "1s".into(),
+            acknowledge: AckPoint::Queued,
+            delivery_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -52,6 +52,16 @@ impl InputConfig {
         }
     }
 
+    /// The address the input listens on; empty for an input that listens on none (`kafka`).
+    pub fn address(&self) -> &str {
+        match self {
+            InputConfig::Http(c) => &c.address,
+            InputConfig::Beats(c) => &c.address,
+            #[cfg(feature = "kafka")]
+            InputConfig::Kafka(_) => "",
+        }
+    }
+
     /// Binds the listener and spawns the input; the task ends after shutdown is signalled
     /// and in-flight requests are answered.
     pub async fn start(

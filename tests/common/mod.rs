@@ -375,6 +375,14 @@ impl Sheepdog {
         }
     }
 
+    /// Kills the process with SIGKILL (no shutdown at all) and waits for it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -528,4 +536,37 @@ pub fn make_pki(dir: &Path) -> Pki {
         client_cert: write("client.pem", &client_pem),
         client_key: write("client.key", &client_key),
     }
+}
+
+/// Prints `faults: <name>: sent N, indexed N, duplicates D, lost L` for the events
+/// `<prefix>-0..sent`, given how many copies of each id arrived; returns (duplicates, lost).
+pub fn fault_tally(
+    name: &str,
+    prefix: &str,
+    sent: usize,
+    seen: &std::collections::HashMap<String, u64>,
+) -> (u64, usize) {
+    let duplicates: u64 = seen.values().map(|n| n - 1).sum();
+    let lost = (0..sent)
+        .filter(|n| !seen.contains_key(&format!("{prefix}-{n}")))
+        .count();
+    println!(
+        "faults: {name}: sent {sent}, indexed {}, duplicates {duplicates}, lost {lost}",
+        seen.len()
+    );
+    (duplicates, lost)
+}
+
+/// Starts Filebeat 8.1.3 on `config` (its log to `log`), with its home beside the binary.
+pub fn spawn_filebeat(config: &Path, log: &Path) -> Child {
+    let bin = filebeat_binary();
+    Command::new(&bin)
+        .args(["-e", "--strict.perms=false", "-c"])
+        .arg(config)
+        .arg("--path.home")
+        .arg(bin.parent().unwrap())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start filebeat")
 }

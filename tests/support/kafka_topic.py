@@ -1,10 +1,10 @@
 """Reads a Kafka topic from the beginning of every partition (no consumer group, nothing
 committed) and prints one JSON line: the messages read and the distinct values of a field.
 
-    kafka_topic.py count BROKER TOPIC EXPECT TIMEOUT_S [FIELD]
+    kafka_topic.py count BROKER TOPIC EXPECT TIMEOUT_S [FIELD [IDS_OUT]]
         reads until EXPECT messages were read and 3 s pass without another, or TIMEOUT_S
         passes; prints {"messages": N, "distinct": D} (D counts FIELD's values in the JSON
-        payloads, default request_id)
+        payloads, default request_id); with IDS_OUT, writes {value: times seen} there
     kafka_topic.py committed BROKER TOPIC GROUP
         prints {"committed": {"<partition>": offset or null}, "end": {"<partition>": offset}}
 
@@ -28,13 +28,13 @@ def partitions(consumer, topic, timeout_s=20):
     raise SystemExit(f"topic {topic} has no partitions")
 
 
-def count(broker, topic, expect, timeout_s, field="request_id"):
+def count(broker, topic, expect, timeout_s, field="request_id", ids_out=None):
     consumer = KafkaConsumer(bootstrap_servers=broker, enable_auto_commit=False, group_id=None)
     tps = partitions(consumer, topic)
     consumer.assign(tps)
     consumer.seek_to_beginning(*tps)
     messages = 0
-    values = set()
+    values = {}
     deadline = time.time() + timeout_s
     last_new = time.time()
     while time.time() < deadline:
@@ -48,12 +48,16 @@ def count(broker, topic, expect, timeout_s, field="request_id"):
                 except ValueError:
                     continue
                 if isinstance(doc, dict) and field in doc:
-                    values.add(str(doc[field]))
+                    key = str(doc[field])
+                    values[key] = values.get(key, 0) + 1
         messages += got
         if got:
             last_new = time.time()
         elif messages >= expect and time.time() - last_new > 3:
             break
+    if ids_out:
+        with open(ids_out, "w") as out:
+            json.dump(values, out)
     print(json.dumps({"messages": messages, "distinct": len(values)}))
 
 
@@ -69,7 +73,7 @@ def committed(broker, topic, group):
 
 if __name__ == "__main__":
     if sys.argv[1] == "count":
-        count(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), *sys.argv[6:7])
+        count(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), *sys.argv[6:8])
     elif sys.argv[1] == "committed":
         committed(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

@@ -17,9 +17,11 @@ use crate::budget::{self, Charge, MemoryBudget, Use};
 use crate::config::de;
 use crate::config::problem::Problem;
 use crate::event::{now_ms, Event, Fields, Receipt, SharedValue};
+use crate::journal::{DocKind, JournalError, RecordBuilder};
 use crate::metrics::{Counter, Gauge, Registry};
 use crate::queue::QueueSender;
 use crate::BuildContext;
+use bytes::Bytes;
 use codec::{BeatsCodec, Body, Frame, Limits, ProtocolError, RawEvent};
 use futures_util::StreamExt;
 use limits::{Counted, FrameRate, PerClient, Trickle};
@@ -219,8 +221,9 @@ impl Config {
         } else {
             None
         };
-        let listener = tokio::net::TcpListener::bind(&self.address)
-            .await
+        let listener = ctx
+            .listeners
+            .bind(&self.address)
             .with_context(|| format!("input `{id}`: cannot listen on {}", self.address))?;
         self.serve_on(listener, tls, id, ctx, queue)
     }
@@ -417,6 +420,8 @@ enum ConnError {
     Tls(String),
     #[error("writing an ACK failed: {0}")]
     AckWrite(String),
+    #[error("{0}")]
+    Queue(String),
 }
 
 impl ConnError {
@@ -429,6 +434,7 @@ impl ConnError {
             ConnError::SlowFrame { .. } => "slow_frame",
             ConnError::Tls(_) => "tls_handshake",
             ConnError::AckWrite(_) => "ack_write",
+            ConnError::Queue(_) => "persisted_queue",
         }
     }
 }
@@ -537,6 +543,8 @@ struct Window {
     expected: u32,
     events: Vec<Event>,
     seqs: Vec<u32>,
+    /// With a persisted queue: the window's documents as received, written before the ACK.
+    record: Option<RecordBuilder>,
 }
 
 /// Room reserved for a window's events when its first ones arrive: an announced window of
@@ -693,6 +701,7 @@ async fn open_window<W: AsyncWrite + Unpin>(
         expected: n,
         events: Vec::new(),
         seqs: Vec::new(),
+        record: None,
     }))
 }
 
@@ -712,20 +721,29 @@ fn add_events(
         w.events.reserve(room);
         w.seqs.reserve(room);
     }
+    if w.record.is_none() && shared.queue.journal().is_some() {
+        let guess: usize = raw.iter().map(|r| r.body.len()).sum::<usize>()
+            * (w.expected as usize)
+                .div_ceil(raw.len().max(1))
+                .min(WINDOW_PREALLOC);
+        w.record = Some(RecordBuilder::new(
+            &shared.source,
+            Some(peer_meta),
+            &shared.tags,
+            guess,
+        ));
+    }
     shared.metrics.events_received.add(raw.len() as u64);
     let receipt = Receipt::new(now_ms());
     let mut failures = 0u64;
     let mut bytes = 0;
     for r in raw {
-        bytes += budget::event_bytes(r.body.len());
+        // The record holds a second copy of the document until it is written.
+        let copies = 1 + usize::from(w.record.is_some());
+        bytes += budget::event_bytes(r.body.len()) + (copies - 1) * r.body.len();
         w.seqs.push(r.seq);
-        w.events.push(to_event(
-            r,
-            &receipt,
-            peer_meta,
-            &shared.tags,
-            &mut failures,
-        ));
+        let event = to_event(r, &receipt, peer_meta, w.record.as_mut(), &mut failures);
+        w.events.push(tagged(event, &shared.tags));
     }
     if failures > 0 {
         shared.metrics.parse_failures.add(failures);
@@ -744,6 +762,16 @@ async fn deliver<W: AsyncWrite + Unpin>(
     shared: &Shared,
 ) -> Result<bool, ConnError> {
     let part = shared.queue.capacity().max(1);
+    let mut hold = match persist(w.record.take(), write, shared).await? {
+        Persisted::Written(hold) => hold,
+        Persisted::Stopped => return Ok(false),
+    };
+    let mut outcome = None;
+    if shared.queue.delivery_wait().is_some() {
+        let (h, o) = crate::ack::for_delivery(hold);
+        hold = Some(h);
+        outcome = Some(o);
+    }
     while !w.events.is_empty() {
         let take = w.events.len().min(part);
         let (events, seq, mut share) = if take == w.events.len() {
@@ -761,16 +789,71 @@ async fn deliver<W: AsyncWrite + Unpin>(
         };
         w.seqs.drain(..take);
         let n = events.len() as u64;
-        let send = shared.queue.send(&shared.source, events, &mut share);
+        let send = shared
+            .queue
+            .send_held(&shared.source, events, &mut share, hold.clone());
         match with_keepalive(send, "queue full", write, shared).await? {
             Some(Ok(())) => {}
             Some(Err(_)) | None => return Ok(false),
         }
         shared.metrics.events_queued.add(n);
+        if outcome.is_some() && !w.events.is_empty() {
+            // Acknowledged once the whole window is delivered.
+            continue;
+        }
+        if let Some(o) = outcome.take() {
+            crate::ack::confirm(hold.take());
+            if !await_delivery(o, write, shared).await? {
+                return Ok(false);
+            }
+        }
         write_ack(write, seq, shared).await?;
         shared.metrics.acks.inc();
     }
+    crate::ack::confirm(hold);
     Ok(true)
+}
+
+/// With `acknowledge = "delivered"`, waits with keepalives until the outputs confirmed the
+/// window. A failed delivery closes the connection: the client sends the window again.
+async fn await_delivery<W: AsyncWrite + Unpin>(
+    outcome: tokio::sync::oneshot::Receiver<bool>,
+    write: &mut W,
+    shared: &Shared,
+) -> Result<bool, ConnError> {
+    match with_keepalive(outcome, "waiting for delivery", write, shared).await? {
+        None => Ok(false),
+        Some(Ok(true)) => Ok(true),
+        Some(_) => Err(ConnError::Queue(
+            "the outputs did not deliver the window; the client sends it again".into(),
+        )),
+    }
+}
+
+enum Persisted {
+    /// Written (or no persisted queue): the window's acknowledgement, if any.
+    Written(Option<crate::ack::Hold>),
+    /// Shutdown interrupted the wait for room.
+    Stopped,
+}
+
+/// With a persisted queue, writes the window's record before anything is acknowledged,
+/// waiting for room with keepalives. A write the disk refuses closes the connection, so the
+/// client sends the window again.
+async fn persist<W: AsyncWrite + Unpin>(
+    record: Option<RecordBuilder>,
+    write: &mut W,
+    shared: &Shared,
+) -> Result<Persisted, ConnError> {
+    let (Some(record), Some(journal)) = (record, shared.queue.journal()) else {
+        return Ok(Persisted::Written(None));
+    };
+    let append = journal.append(record, None);
+    match with_keepalive(append, "persisted queue full", write, shared).await? {
+        Some(Ok(hold)) => Ok(Persisted::Written(Some(hold))),
+        Some(Err(JournalError::Io(e))) => Err(ConnError::Queue(e)),
+        Some(Err(JournalError::Full | JournalError::Closed)) | None => Ok(Persisted::Stopped),
+    }
 }
 
 /// Awaits `wait`, sending ACK 0 every `keepalive` meanwhile so the client (Filebeat: 30 s)
@@ -875,37 +958,34 @@ async fn write_ack<W: AsyncWrite + Unpin>(
     }
 }
 
-/// One raw event as a pipeline event.
+fn tagged(mut event: Event, tags: &[String]) -> Event {
+    for t in tags {
+        event.add_tag(t);
+    }
+    event
+}
+
+/// One raw event as a pipeline event (without the input's tags), its document added to
+/// `record` as received.
 fn to_event(
     raw: RawEvent,
     receipt: &Receipt,
     peer_meta: &Arc<SharedValue>,
-    tags: &[String],
+    record: Option<&mut RecordBuilder>,
     failures: &mut u64,
 ) -> Event {
     let mut event = match raw.body {
-        Body::Json(bytes) => match Fields::from_json_slice(&bytes) {
-            Ok(fields) => Event::from_fields_at(fields, receipt),
-            Err(_) => {
-                *failures += 1;
-                let mut e =
-                    Event::from_message(String::from_utf8_lossy(&bytes).into_owned(), receipt.ms());
-                e.add_tag("_jsonparsefailure");
-                e
+        Body::Json(bytes) => {
+            if let Some(r) = record {
+                r.push(DocKind::Json, receipt.ms(), &bytes);
             }
-        },
+            json_event(&bytes, receipt, failures)
+        }
         Body::Pairs(pairs) => {
-            let mut map = Map::new();
-            for (k, v) in pairs {
-                map.insert(
-                    String::from_utf8_lossy(&k).into_owned(),
-                    Value::String(String::from_utf8_lossy(&v).into_owned()),
-                );
-            }
-            if !map.contains_key("message") {
-                if let Some(line) = map.remove("line") {
-                    map.insert("message".into(), line);
-                }
+            let map = pairs_object(pairs);
+            if let Some(r) = record {
+                let json = serde_json::to_vec(&map).unwrap_or_default();
+                r.push(DocKind::Json, receipt.ms(), &json);
             }
             Event::from_map(map, receipt.ms())
         }
@@ -913,10 +993,38 @@ fn to_event(
     event
         .metadata_mut()
         .insert_shared("input", Arc::clone(peer_meta));
-    for t in tags {
-        event.add_tag(t);
-    }
     event
+}
+
+/// The event of a JSON document; a `_jsonparsefailure` event when it is not an object.
+fn json_event(bytes: &[u8], receipt: &Receipt, failures: &mut u64) -> Event {
+    match Fields::from_json_slice(bytes) {
+        Ok(fields) => Event::from_fields_at(fields, receipt),
+        Err(_) => {
+            *failures += 1;
+            let mut e =
+                Event::from_message(String::from_utf8_lossy(bytes).into_owned(), receipt.ms());
+            e.add_tag("_jsonparsefailure");
+            e
+        }
+    }
+}
+
+/// A protocol-v1 data frame's key/value pairs as an object (`line` becomes `message`).
+fn pairs_object(pairs: Vec<(Bytes, Bytes)>) -> Map<String, Value> {
+    let mut map = Map::new();
+    for (k, v) in pairs {
+        map.insert(
+            String::from_utf8_lossy(&k).into_owned(),
+            Value::String(String::from_utf8_lossy(&v).into_owned()),
+        );
+    }
+    if !map.contains_key("message") {
+        if let Some(line) = map.remove("line") {
+            map.insert("message".into(), line);
+        }
+    }
+    map
 }
 
 #[cfg(test)]

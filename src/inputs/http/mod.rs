@@ -14,7 +14,7 @@ mod decode;
 mod request;
 mod serve;
 
-pub use decode::{decode_body, parse_object, Decoder, Doc, Documents};
+pub use decode::{decode_body, failure_event, parse_object, Decoder, Doc, Documents};
 
 use super::beats::tls::{self, ClientAuth};
 use super::check_address;
@@ -202,8 +202,9 @@ impl Config {
         } else {
             None
         };
-        let listener = tokio::net::TcpListener::bind(&self.address)
-            .await
+        let listener = ctx
+            .listeners
+            .bind(&self.address)
             .with_context(|| format!("input `{id}`: cannot listen on {}", self.address))?;
         let local = listener.local_addr()?;
         tracing::info!(input = id, address = %local, tls = tls.is_some(), "http input listening");

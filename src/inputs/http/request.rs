@@ -12,6 +12,7 @@
 use super::decode::{Doc, Documents};
 use crate::budget::{self, Charge, MemoryBudget, Use};
 use crate::event::{now_ms, Event};
+use crate::journal::{DocKind, JournalError, RecordBuilder};
 use crate::metrics::{Counter, Registry};
 use crate::queue::{QueueError, QueueSender, Reservation};
 use bytes::Bytes;
@@ -98,11 +99,13 @@ pub enum Refusal {
     BodyTimeout,
     Memory,
     QueueFull,
+    QueueUnavailable,
+    NotDelivered,
     ShuttingDown,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 10] = [
+    const ALL: [Refusal; 12] = [
         Refusal::Method,
         Refusal::Unauthorized,
         Refusal::TooLarge,
@@ -112,6 +115,8 @@ impl Refusal {
         Refusal::BodyTimeout,
         Refusal::Memory,
         Refusal::QueueFull,
+        Refusal::QueueUnavailable,
+        Refusal::NotDelivered,
         Refusal::ShuttingDown,
     ];
 
@@ -126,6 +131,8 @@ impl Refusal {
             Refusal::BodyTimeout => "body_timeout",
             Refusal::Memory => "memory",
             Refusal::QueueFull => "queue_full",
+            Refusal::QueueUnavailable => "queue_unavailable",
+            Refusal::NotDelivered => "not_delivered",
             Refusal::ShuttingDown => "shutting_down",
         }
     }
@@ -140,7 +147,9 @@ impl Refusal {
             Refusal::TooManyRequests | Refusal::Memory | Refusal::QueueFull => {
                 StatusCode::TOO_MANY_REQUESTS
             }
-            Refusal::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::ShuttingDown | Refusal::QueueUnavailable | Refusal::NotDelivered => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -155,6 +164,10 @@ impl Refusal {
             Refusal::BodyTimeout => "body did not arrive within body_read_timeout\n",
             Refusal::Memory => "memory budget is full, retry later\n",
             Refusal::QueueFull => "pipeline queue is full, retry later\n",
+            Refusal::QueueUnavailable => "the persisted queue cannot be written, retry later\n",
+            Refusal::NotDelivered => {
+                "the outputs did not confirm delivery within delivery_timeout, retry later\n"
+            }
             Refusal::ShuttingDown => "shutting down\n",
         }
     }
@@ -465,12 +478,14 @@ async fn queue_documents(
     progress: &mut Progress,
 ) -> Result<(), Refusal> {
     let docs = Documents::new(body);
-    let mut decoder = super::Decoder::new(docs.body(), now_ms());
+    let received = now_ms();
+    let mut decoder = super::Decoder::new(docs.body(), received);
     let mut docs = docs.peekable();
     let most = shared.queue.capacity().min(CHUNK_EVENTS);
     // A chunk takes at most an eighth of the budget, so concurrent bodies share it.
     let share = shared.budget.limit() / 8;
     let mut chunk: Vec<Doc<'_>> = Vec::new();
+    let mut outcomes = Vec::new();
     while docs.peek().is_some() {
         chunk.clear();
         let mut cost = 0;
@@ -490,7 +505,13 @@ async fn queue_documents(
             .collect();
         shared.metrics.parse_failures.add(decoder.failures - before);
         let n = events.len();
-        match room.send(&shared.source, events, &mut charge) {
+        let mut hold = persist(shared, &chunk, received, cost, clock).await?;
+        if shared.queue.delivery_wait().is_some() {
+            let (h, outcome) = crate::ack::for_delivery(hold);
+            hold = Some(h);
+            outcomes.push(outcome);
+        }
+        match room.send_held(&shared.source, events, &mut charge, hold) {
             Ok(()) => {}
             Err(QueueError::Closed(_)) => return Err(Refusal::ShuttingDown),
             Err(QueueError::Full(_)) => return Err(Refusal::QueueFull),
@@ -498,7 +519,56 @@ async fn queue_documents(
         progress.accepted += n;
         shared.metrics.events_in.add(n as u64);
     }
+    await_delivery(shared, outcomes).await
+}
+
+/// With `acknowledge = "delivered"`, waits (at most `delivery_timeout`) until the outputs
+/// confirmed every chunk.
+async fn await_delivery(
+    shared: &Shared,
+    outcomes: Vec<tokio::sync::oneshot::Receiver<bool>>,
+) -> Result<(), Refusal> {
+    let Some(wait) = shared.queue.delivery_wait() else {
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    for outcome in outcomes {
+        match tokio::time::timeout_at(deadline, outcome).await {
+            Ok(Ok(true)) => {}
+            _ => return Err(Refusal::NotDelivered),
+        }
+    }
     Ok(())
+}
+
+/// With a persisted queue, writes the chunk's documents as one record (waiting for room
+/// within what is left of the request's allowance) and returns its acknowledgement.
+async fn persist(
+    shared: &Shared,
+    chunk: &[Doc<'_>],
+    received: i64,
+    bytes: usize,
+    clock: &mut Clock,
+) -> Result<Option<crate::ack::Hold>, Refusal> {
+    let Some(journal) = shared.queue.journal() else {
+        return Ok(None);
+    };
+    let mut record = RecordBuilder::new(&shared.source, None, &shared.tags, bytes);
+    for doc in chunk {
+        match doc {
+            Doc::Json(json) => record.push(DocKind::Json, received, json),
+            Doc::Broken(text) => record.push(DocKind::Broken, received, text),
+        }
+    }
+    let started = Instant::now();
+    let written = journal.append(record, Some(clock.room)).await;
+    clock.room = clock.room.saturating_sub(started.elapsed());
+    match written {
+        Ok(hold) => Ok(Some(hold)),
+        Err(JournalError::Full) => Err(Refusal::QueueFull),
+        Err(JournalError::Closed) => Err(Refusal::ShuttingDown),
+        Err(JournalError::Io(_)) => Err(Refusal::QueueUnavailable),
+    }
 }
 
 fn tagged(shared: &Shared, mut event: Event) -> Event {
