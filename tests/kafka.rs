@@ -11,7 +11,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -165,7 +165,8 @@ fn assigned(dog: &Sheepdog) -> f64 {
     metric(dog, "sheepdog_kafka_assigned_partitions{input=\"kafka\"}")
 }
 
-/// Events as JSON lines with request ids `<prefix>-<i>` for `range`.
+/// Events as JSON lines with request ids `<prefix>-<i>` for `range`, spread over the last two
+/// days (a `timestamp` the date stage turns into `@timestamp`, so every path indexes the same).
 fn events(prefix: &str, range: std::ops::Range<usize>) -> String {
     let models = [
         "gpt-4.1",
@@ -173,10 +174,20 @@ fn events(prefix: &str, range: std::ops::Range<usize>) -> String {
         "deepseek-v3.2",
         "gemini-2.5-flash",
     ];
+    let now = chrono::Utc::now().timestamp_millis();
     let mut text = String::new();
     for i in range {
+        let at =
+            chrono::DateTime::from_timestamp_millis(now - (i as i64 * 3_457_000) % 172_800_000)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let error = if i % 10 == 0 {
+            format!(",\"error_message\":\"upstream {}\"", i % 3)
+        } else {
+            String::new()
+        };
         text.push_str(&format!(
-            "{{\"request_id\":\"{prefix}-{i}\",\"model\":\"{}\",\"user_id\":\"u{}\",\"total_tokens\":{},\"status\":\"{}\",\"latency_ms\":{}}}\n",
+            "{{\"request_id\":\"{prefix}-{i}\",\"timestamp\":\"{at}\",\"model\":\"{}\",\"user_id\":\"u{}\",\"total_tokens\":{},\"status\":\"{}\",\"latency_ms\":{}{error}}}\n",
             models[i % 4],
             i % 17,
             100 + i % 900,
@@ -187,14 +198,86 @@ fn events(prefix: &str, range: std::ops::Range<usize>) -> String {
     text
 }
 
-/// A Filebeat 8.1.3 shipping `<dir>/logs/*.log` to the topic with `output.kafka`, killed on drop.
+/// The aggregations of the five Kibana queries (README: cost by model, cost over time, errors,
+/// latency, top users), as the dashboards send them.
+fn kibana_answers(es: &Osmem) -> Vec<Value> {
+    let queries = [
+        json!({"size": 0, "aggs": {"by_model": {"terms": {"field": "model", "size": 10}, "aggs": {
+            "total_cost": {"sum": {"field": "cost_usd"}},
+            "total_tokens": {"sum": {"field": "total_tokens"}},
+            "avg_latency": {"avg": {"field": "latency_ms"}},
+            "p99_latency": {"percentiles": {"field": "latency_ms", "percents": [99]}},
+            "request_count": {"value_count": {"field": "request_id"}}}}}}),
+        json!({"size": 0, "query": {"range": {"@timestamp": {"gte": "now-30d", "lte": "now"}}},
+            "aggs": {"over_time": {"date_histogram": {"field": "@timestamp", "calendar_interval": "day"}, "aggs": {
+                "daily_cost": {"sum": {"field": "cost_usd"}},
+                "daily_requests": {"value_count": {"field": "request_id"}},
+                "by_model": {"terms": {"field": "model"}, "aggs": {"cost": {"sum": {"field": "cost_usd"}}}}}}}}),
+        json!({"size": 0, "query": {"bool": {"must": [{"range": {"@timestamp": {"gte": "now-7d"}}}],
+                "must_not": [{"term": {"status": "success"}}]}},
+            "aggs": {
+                "errors_by_type": {"terms": {"field": "error_message.keyword", "size": 20}},
+                "errors_by_status": {"terms": {"field": "status"}},
+                "errors_by_model": {"terms": {"field": "model"}},
+                "errors_over_time": {"date_histogram": {"field": "@timestamp", "calendar_interval": "hour"},
+                    "aggs": {"error_count": {"value_count": {"field": "request_id"}}}}}}),
+        json!({"size": 0, "aggs": {
+            "latency_distribution": {"histogram": {"field": "latency_ms", "interval": 25}},
+            "latency_stats": {"extended_stats": {"field": "latency_ms"}},
+            "by_model": {"terms": {"field": "model"}, "aggs": {"latency_stats": {"stats": {"field": "latency_ms"}}}}}}),
+        json!({"size": 0, "aggs": {"by_user": {"terms": {"field": "user_id", "size": 20}, "aggs": {
+            "total_cost": {"sum": {"field": "cost_usd"}},
+            "total_requests": {"value_count": {"field": "request_id"}},
+            "avg_cost_per_request": {"avg": {"field": "cost_usd"}}}}}}),
+    ];
+    queries
+        .iter()
+        .map(|q| es.search("holysheep-logs-*", q)["aggregations"].clone())
+        .collect()
+}
+
+/// Two query answers agree: the same structure and integers, floats within a relative 1e-9
+/// (sums depend on the order documents were added), percentiles within 2%.
+fn assert_same_answer(a: &Value, b: &Value, path: &str) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            assert_eq!(
+                x.keys().collect::<Vec<_>>(),
+                y.keys().collect::<Vec<_>>(),
+                "{path}"
+            );
+            for (k, v) in x {
+                assert_same_answer(v, &y[k], &format!("{path}.{k}"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            assert_eq!(x.len(), y.len(), "{path}");
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                assert_same_answer(v, w, &format!("{path}[{i}]"));
+            }
+        }
+        (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            let tolerance = if path.contains("p99") { 0.02 } else { 1e-9 };
+            let scale = x.abs().max(y.abs()).max(1e-12);
+            assert!(
+                (x - y).abs() <= tolerance * scale,
+                "{path}: {x} against {y}"
+            );
+        }
+        _ => assert_eq!(a, b, "{path}"),
+    }
+}
+
+/// A Filebeat 8.1.3 shipping `<dir>/logs/*.log`, killed on drop.
 struct Filebeat {
     child: Child,
     dir: PathBuf,
 }
 
 impl Filebeat {
-    fn start(dir: &Path, broker: &str) -> Filebeat {
+    /// Filebeat reading `<dir>/logs/*.log` into `output` (a YAML `output.*` section).
+    fn start(dir: &Path, output: &str) -> Filebeat {
         let yml = format!(
             r#"filebeat.inputs:
 - type: log
@@ -204,14 +287,7 @@ impl Filebeat {
   json.add_error_key: true
   fields: {{service: holysheep-api, environment: production}}
   fields_under_root: true
-output.kafka:
-  hosts: ["{broker}"]
-  topic: "{TOPIC}"
-  version: "2.1.0"
-  required_acks: -1
-  compression: gzip
-  codec.json:
-    pretty: false
+{output}
 queue.mem.flush.timeout: 0.2s
 filebeat.registry.flush: 0.5s
 path.data: "{dir}/fbdata"
@@ -306,7 +382,11 @@ fn filebeat_to_kafka_to_two_indexers_one_killed_and_restarted() {
     std::fs::create_dir_all(dir.join("logs")).unwrap();
     std::fs::write(dir.join("logs/requests-0.log"), events("fb", 0..n / 2)).unwrap();
     std::fs::write(dir.join("logs/requests-1.log"), events("fb", n / 2..n)).unwrap();
-    let filebeat = Filebeat::start(&dir, &tansu.addr);
+    let to_kafka = format!(
+        "output.kafka:\n  hosts: [\"{}\"]\n  topic: \"{TOPIC}\"\n  version: \"2.1.0\"\n  required_acks: -1\n  compression: gzip\n  codec.json:\n    pretty: false",
+        tansu.addr
+    );
+    let filebeat = Filebeat::start(&dir, &to_kafka);
 
     // Kill one indexer -9 once it has consumed a quarter of its share, mid-stream (its
     // metrics answer faster than a count of the index under load), and start it again.
@@ -372,6 +452,8 @@ fn filebeat_to_kafka_to_two_indexers_one_killed_and_restarted() {
         "faults: kafka indexer kill -9: sent {n}, indexed {indexed_final}, duplicates 0, lost {}",
         n as u64 - indexed_final
     );
+    drop(filebeat);
+    same_answers_as_the_beats_path(&es, &dir, n as u64);
 }
 
 #[test]
@@ -580,6 +662,37 @@ fn broker_away_20s_shipper_pushes_back_and_acknowledges_only_what_the_broker_too
         duplicates, 0,
         "the idempotent producer wrote an acknowledged event twice"
     );
+}
+
+/// The same files through Filebeat's `output.logstash` into one sheepdog on the shipped
+/// pipeline: the five Kibana queries answer the same on both indices.
+fn same_answers_as_the_beats_path(through_kafka: &Osmem, dir: &Path, n: u64) {
+    let es = Osmem::start();
+    let dog = Sheepdog::start(
+        "pipelines/holysheep.toml",
+        &[("ES_HOSTS", &es.url), ("QUEUE", "memory")],
+    );
+    let beats_dir = scratch_dir("beats");
+    std::fs::create_dir_all(beats_dir.join("logs")).unwrap();
+    for f in ["requests-0.log", "requests-1.log"] {
+        std::fs::copy(dir.join("logs").join(f), beats_dir.join("logs").join(f)).unwrap();
+    }
+    let output = format!("output.logstash:\n  hosts: [\"{}\"]", dog.beats_addr);
+    let filebeat = Filebeat::start(&beats_dir, &output);
+    wait_indexed(&es, n, Duration::from_secs(300), || {
+        format!(
+            "filebeat:\n{}\nsheepdog:\n{}",
+            filebeat.log_tail(),
+            tail(&dog.log())
+        )
+    });
+    let (kafka, beats) = (kibana_answers(through_kafka), kibana_answers(&es));
+    let models = kafka[0]["by_model"]["buckets"].as_array().map_or(0, Vec::len);
+    assert_eq!(models, 4, "cost by model has every model: {}", kafka[0]);
+    for (i, (a, b)) in kafka.iter().zip(&beats).enumerate() {
+        assert_same_answer(a, b, &format!("query {}", i + 1));
+    }
+    println!("the five Kibana queries answer the same through Kafka and through Beats");
 }
 
 /// The last lines of a log, for failure messages.
