@@ -532,6 +532,71 @@ fn http_through_shipper_kafka_and_indexer_with_elasticsearch_away_60s() {
     println!("faults: elasticsearch away 60s behind kafka: sent {n}, indexed {indexed}, duplicates 0, lost {}", n as u64 - indexed);
 }
 
+/// Payloads are decoded as the HTTP input decodes a body: an object, an array, NDJSON; what is
+/// not JSON (and an empty payload) becomes an event tagged `_jsonparsefailure`; every event
+/// carries `[@metadata][kafka]` and the input's tags.
+#[test]
+fn kafka_input_decodes_payloads_like_http_and_keeps_what_is_not_json() {
+    let tansu = Tansu::start();
+    tansu.create_topic(TOPIC, 1);
+    let dir = scratch_dir("decode");
+    let out = dir.join("events.ndjson");
+    let pipeline = dir.join("decode.toml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"[pipeline]
+queue = "memory"
+workers = 1
+[api]
+address = "${{API_ADDR}}"
+[[inputs]]
+type = "kafka"
+brokers = "{broker}"
+topics = "{TOPIC}"
+group_id = "decode"
+tags = ["from-kafka"]
+[[filters]]
+type = "mutate"
+add_field = {{ k_topic = "%{{[@metadata][kafka][topic]}}", k_partition = "%{{[@metadata][kafka][partition]}}", k_offset = "%{{[@metadata][kafka][offset]}}", k_key = "%{{[@metadata][kafka][key]}}" }}
+[[outputs]]
+type = "file"
+path = "{out}"
+"#,
+            broker = tansu.addr,
+            out = out.display()
+        ),
+    )
+    .unwrap();
+    let messages = json!([
+        ["k1", "{\"a\":1}"],
+        [null, "[{\"b\":1},{\"b\":2}]"],
+        ["k3", "not json"],
+        [null, ""],
+        [null, "{\"c\":1}\n{\"c\":2}\n"]
+    ]);
+    let sent = kafka_topic(&["produce", &tansu.addr, TOPIC, &messages.to_string()]);
+    assert_eq!(sent["sent"], json!(5));
+    let _dog = Sheepdog::start(&pipeline, &[]);
+    let events = read_ndjson(&out, 7, Duration::from_secs(90));
+    let field = |e: &Value, k: &str| e[k].as_str().unwrap_or_default().to_string();
+    let offsets: Vec<String> = events.iter().map(|e| field(e, "k_offset")).collect();
+    assert_eq!(offsets, ["0", "1", "1", "2", "3", "4", "4"], "{events:?}");
+    assert_eq!(events[0]["a"], json!(1));
+    assert_eq!((field(&events[0], "k_key"), field(&events[0], "k_topic"), field(&events[0], "k_partition")), ("k1".into(), TOPIC.into(), "0".into()));
+    assert_eq!((events[1]["b"].clone(), events[2]["b"].clone()), (json!(1), json!(2)));
+    assert_eq!(field(&events[3], "message"), "not json");
+    assert_eq!(field(&events[4], "message"), "");
+    assert_eq!((events[5]["c"].clone(), events[6]["c"].clone()), (json!(1), json!(2)));
+    for e in &events {
+        let tags = e["tags"].as_array().cloned().unwrap_or_default();
+        assert!(tags.contains(&json!("from-kafka")), "{e}");
+        let failed = tags.contains(&json!("_jsonparsefailure"));
+        assert_eq!(failed, e.get("message").is_some(), "{e}");
+    }
+    assert!(events[1].get("k_key").is_none(), "a message without a key has none: {}", events[1]);
+}
+
 /// What one client of the outage test saw: the first id of its body, the status, and when the
 /// answer came.
 struct Answer {

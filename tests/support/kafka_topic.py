@@ -5,6 +5,8 @@ committed) and prints one JSON line: the messages read and the distinct values o
         reads until EXPECT messages were read and 3 s pass without another, or TIMEOUT_S
         passes; prints {"messages": N, "distinct": D} (D counts FIELD's values in the JSON
         payloads, default request_id); with IDS_OUT, writes {value: times seen} there
+    kafka_topic.py produce BROKER TOPIC MESSAGES_JSON
+        sends [[key or null, value], ...] in order to partition 0 and waits for the broker
     kafka_topic.py committed BROKER TOPIC GROUP
         prints {"committed": {"<partition>": offset or null}, "end": {"<partition>": offset}}
 
@@ -71,9 +73,26 @@ def committed(broker, topic, group):
     }))
 
 
+def produce(broker, topic, messages):
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=broker, acks="all")
+    for key, value in json.loads(messages):
+        producer.send(
+            topic,
+            value=value.encode(),
+            key=None if key is None else key.encode(),
+            partition=0,
+        )
+    producer.flush()
+    print(json.dumps({"sent": len(json.loads(messages))}))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "count":
         count(sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5]), *sys.argv[6:8])
+    elif sys.argv[1] == "produce":
+        produce(sys.argv[2], sys.argv[3], sys.argv[4])
     elif sys.argv[1] == "committed":
         committed(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

@@ -328,28 +328,32 @@ impl Input {
         let before = batch.events.len();
         for doc in docs {
             batch.bytes += budget::event_bytes(doc.len());
-            let mut event = decoder.event(doc);
-            event.metadata_mut().insert("kafka", kafka.clone());
-            for tag in &self.tags {
-                event.add_tag(tag);
-            }
-            batch.events.push(event);
+            let event = decoder.event(doc);
+            batch.events.push(self.decorated(event, &kafka));
         }
         if batch.events.len() == before {
-            // An empty payload is still a message: keep it as an empty failure event, as the
-            // HTTP input would answer an empty body, so nothing consumed disappears unseen.
-            let mut event = crate::inputs::http::parse_object(
+            // An empty payload is still a message: it becomes an empty event tagged
+            // `_jsonparsefailure`, so nothing consumed disappears unseen.
+            let event = crate::inputs::http::parse_object(
                 b"",
                 crate::event::now_ms(),
                 &mut decoder.failures,
             );
-            event.metadata_mut().insert("kafka", kafka);
-            batch.events.push(event);
+            batch.events.push(self.decorated(event, &kafka));
         }
         self.metrics.parse_failures.add(decoder.failures);
         batch.messages += 1;
         let partition: Partition = (Arc::from(message.topic()), message.partition());
         batch.last.insert(partition, message.offset());
+    }
+
+    /// `event` with `[@metadata][kafka]` and the input's tags.
+    fn decorated(&self, mut event: Event, kafka: &Value) -> Event {
+        event.metadata_mut().insert("kafka", kafka.clone());
+        for tag in &self.tags {
+            event.add_tag(tag);
+        }
+        event
     }
 
     /// Queues the batch with a hold that settles its offset ranges; waits for room (fetching
