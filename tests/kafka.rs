@@ -583,18 +583,35 @@ path = "{out}"
     let offsets: Vec<String> = events.iter().map(|e| field(e, "k_offset")).collect();
     assert_eq!(offsets, ["0", "1", "1", "2", "3", "4", "4"], "{events:?}");
     assert_eq!(events[0]["a"], json!(1));
-    assert_eq!((field(&events[0], "k_key"), field(&events[0], "k_topic"), field(&events[0], "k_partition")), ("k1".into(), TOPIC.into(), "0".into()));
-    assert_eq!((events[1]["b"].clone(), events[2]["b"].clone()), (json!(1), json!(2)));
+    assert_eq!(
+        (
+            field(&events[0], "k_key"),
+            field(&events[0], "k_topic"),
+            field(&events[0], "k_partition")
+        ),
+        ("k1".into(), TOPIC.into(), "0".into())
+    );
+    assert_eq!(
+        (events[1]["b"].clone(), events[2]["b"].clone()),
+        (json!(1), json!(2))
+    );
     assert_eq!(field(&events[3], "message"), "not json");
     assert_eq!(field(&events[4], "message"), "");
-    assert_eq!((events[5]["c"].clone(), events[6]["c"].clone()), (json!(1), json!(2)));
+    assert_eq!(
+        (events[5]["c"].clone(), events[6]["c"].clone()),
+        (json!(1), json!(2))
+    );
     for e in &events {
         let tags = e["tags"].as_array().cloned().unwrap_or_default();
         assert!(tags.contains(&json!("from-kafka")), "{e}");
         let failed = tags.contains(&json!("_jsonparsefailure"));
         assert_eq!(failed, e.get("message").is_some(), "{e}");
     }
-    assert!(events[1].get("k_key").is_none(), "a message without a key has none: {}", events[1]);
+    assert!(
+        events[1].get("k_key").is_none(),
+        "a message without a key has none: {}",
+        events[1]
+    );
 }
 
 /// What one client of the outage test saw: the first id of its body, the status, and when the
