@@ -160,7 +160,7 @@ pub(crate) fn kafka_not_built<T>(
             at,
             "this build has no Kafka support; build with --features kafka",
         )
-        .hint("cargo build --release --features kafka (needs cmake and libcurl headers: scripts/ci-deps/kafka.sh)"),
+        .hint("cargo build --release --features kafka (needs cmake, pkg-config and the libcurl and OpenSSL headers, which scripts/ci-deps/kafka.sh installs)"),
     );
     None
 }
