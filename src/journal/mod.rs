@@ -39,7 +39,7 @@ mod record;
 mod segments;
 mod writer;
 
-pub use record::{DocKind, RecordBuilder};
+pub use record::{DocKind, RecordBuilder, DOC_OVERHEAD};
 
 use crate::ack::Hold;
 use crate::budget::{MemoryBudget, Use};
