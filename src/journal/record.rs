@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 /// Bytes before the payload.
 pub const HEADER: usize = 8;
+/// Bytes a document takes in a record besides its own (kind, receipt time, length).
+pub const DOC_OVERHEAD: usize = 13;
 const VERSION: u8 = 1;
 
 /// What a document was when the input received it.

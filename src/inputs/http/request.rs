@@ -12,7 +12,7 @@
 use super::decode::{Doc, Documents};
 use crate::budget::{self, Charge, MemoryBudget, Use};
 use crate::event::{now_ms, Event};
-use crate::journal::{DocKind, JournalError, RecordBuilder};
+use crate::journal::{DocKind, JournalError, RecordBuilder, DOC_OVERHEAD};
 use crate::metrics::{Counter, Registry};
 use crate::queue::{QueueError, QueueSender, Reservation};
 use bytes::Bytes;
@@ -505,7 +505,7 @@ async fn queue_documents(
             .collect();
         shared.metrics.parse_failures.add(decoder.failures - before);
         let n = events.len();
-        let mut hold = persist(shared, &chunk, received, cost, clock).await?;
+        let mut hold = persist(shared, &chunk, received, clock).await?;
         if shared.queue.delivery_wait().is_some() {
             let (h, outcome) = crate::ack::for_delivery(hold);
             hold = Some(h);
@@ -547,12 +547,12 @@ async fn persist(
     shared: &Shared,
     chunk: &[Doc<'_>],
     received: i64,
-    bytes: usize,
     clock: &mut Clock,
 ) -> Result<Option<crate::ack::Hold>, Refusal> {
     let Some(journal) = shared.queue.journal() else {
         return Ok(None);
     };
+    let bytes = chunk.iter().map(|d| d.len()).sum::<usize>() + chunk.len() * DOC_OVERHEAD;
     let mut record = RecordBuilder::new(&shared.source, None, &shared.tags, bytes);
     for doc in chunk {
         match doc {
