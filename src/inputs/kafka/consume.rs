@@ -18,7 +18,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -219,7 +218,22 @@ struct Gathered {
     events: Vec<Event>,
     messages: usize,
     bytes: usize,
-    last: BTreeMap<Partition, i64>,
+    /// A batch holds a few partitions: a short list, searched without allocating per message.
+    last: Vec<(Partition, i64)>,
+}
+
+impl Gathered {
+    /// `offset` is the last offset of `topic`'s `partition` in the batch so far.
+    fn record(&mut self, topic: &str, partition: i32, offset: i64) {
+        match self
+            .last
+            .iter_mut()
+            .find(|((t, p), _)| *p == partition && &**t == topic)
+        {
+            Some((_, last)) => *last = offset,
+            None => self.last.push(((Arc::from(topic), partition), offset)),
+        }
+    }
 }
 
 impl Input {
@@ -343,8 +357,7 @@ impl Input {
         }
         self.metrics.parse_failures.add(decoder.failures);
         batch.messages += 1;
-        let partition: Partition = (Arc::from(message.topic()), message.partition());
-        batch.last.insert(partition, message.offset());
+        batch.record(message.topic(), message.partition(), message.offset());
     }
 
     /// `event` with `[@metadata][kafka]` and the input's tags.
