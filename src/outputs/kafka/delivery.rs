@@ -149,7 +149,6 @@ impl Delivery {
     pub fn dead_letter(&self, message: &Undelivered<'_>, error: &KafkaError, chunk: &Chunk) {
         let error_type = error_type(error);
         let reason = error.to_string();
-        tracing::warn!(output = %self.client.component, topic = message.topic, error = %reason, "message not delivered; written to the dead-letter file");
         let letter = Letter {
             index: message.topic,
             id: message.key,
@@ -159,7 +158,15 @@ impl Delivery {
             document: message.payload,
         };
         match self.dead_letters.write(&[letter]) {
-            Ok(()) => self.metrics.dead_lettered.inc(),
+            Ok(()) => {
+                self.metrics.dead_lettered.inc();
+                // A broker away past message_timeout (or a shutdown purging the queue) reports
+                // every waiting message: log the 1st, 2nd, 4th, 8th, ... with the total.
+                let total = self.metrics.dead_lettered.get();
+                if total.is_power_of_two() {
+                    tracing::warn!(output = %self.client.component, topic = message.topic, error = %reason, dead_lettered = total, "message not delivered; written to the dead-letter file");
+                }
+            }
             Err(e) => {
                 self.metrics.dead_letter_errors.inc();
                 tracing::error!(output = %self.client.component, path = %self.dead_letters.path().display(), error = %e, "cannot write the dead-letter file; the events count as not delivered");
