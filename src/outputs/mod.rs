@@ -36,6 +36,29 @@ pub trait Output: Send + Sync {
     }
 }
 
+/// An output's dead-letter file: `configured`, or `default_name` under the data directory;
+/// a problem when it is not a file path.
+pub fn dead_letter_path(
+    configured: &Option<std::path::PathBuf>,
+    ctx: &BuildContext,
+    default_name: &str,
+    problems: &mut Vec<Problem>,
+) -> std::path::PathBuf {
+    let path = configured
+        .clone()
+        .unwrap_or_else(|| ctx.data_dir.join(default_name));
+    if path.as_os_str().is_empty() || path.is_dir() {
+        problems.push(
+            Problem::at(
+                "dead_letter_path",
+                format!("`{}` is not a file path", path.display()),
+            )
+            .hint(format!("e.g. \"data/{default_name}\"")),
+        );
+    }
+    path
+}
+
 /// Every output `type` the pipeline file accepts.
 /// `kafka` is listed in builds without the feature too, so its use gets a clear error.
 pub const TYPES: &[&str] = &["elasticsearch", "stdout", "file", "email", "kafka"];

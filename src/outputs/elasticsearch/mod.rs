@@ -653,20 +653,12 @@ impl Config {
 
     /// Where refused documents go, checked to be a file path.
     fn dead_letter_path(&self, ctx: &BuildContext, problems: &mut Vec<Problem>) -> PathBuf {
-        let dead_letter_path = self
-            .dead_letter_path
-            .clone()
-            .unwrap_or_else(|| ctx.data_dir.join("dead_letter.ndjson"));
-        if dead_letter_path.as_os_str().is_empty() || dead_letter_path.is_dir() {
-            problems.push(
-                Problem::at(
-                    "dead_letter_path",
-                    format!("`{}` is not a file path", dead_letter_path.display()),
-                )
-                .hint("e.g. \"data/dead_letter.ndjson\""),
-            );
-        }
-        dead_letter_path
+        crate::outputs::dead_letter_path(
+            &self.dead_letter_path,
+            ctx,
+            "dead_letter.ndjson",
+            problems,
+        )
     }
 
     /// The output's dead-letter store with a client for its cluster, for `sheepdog

@@ -208,19 +208,12 @@ impl Config {
             );
         }
         self.check_limits(&mut problems);
-        let dead_letter_path = self
-            .dead_letter_path
-            .clone()
-            .unwrap_or_else(|| ctx.data_dir.join("kafka_dead_letter.ndjson"));
-        if dead_letter_path.as_os_str().is_empty() || dead_letter_path.is_dir() {
-            problems.push(
-                Problem::at(
-                    "dead_letter_path",
-                    format!("`{}` is not a file path", dead_letter_path.display()),
-                )
-                .hint("e.g. \"data/kafka_dead_letter.ndjson\""),
-            );
-        }
+        let dead_letter_path = crate::outputs::dead_letter_path(
+            &self.dead_letter_path,
+            ctx,
+            "kafka_dead_letter.ndjson",
+            &mut problems,
+        );
         match (problems.is_empty(), topic) {
             (true, Some(topic)) => Ok(Settings {
                 topic,
